@@ -1,0 +1,853 @@
+//! Clearing one interval: build the LP columns, solve (the whole book, or by the exact
+//! active-set method for large books), apply the tie rule, make every island balance exactly in
+//! decimals, decompose prices, and check the fill rule.
+//!
+//! **Architecture Invariant:** clearing is a pure function of the validated [`Market`]: no I/O,
+//! no clock, no randomness. The order of input records changes nothing but the order of output
+//! records, because every column and tie is placed in a canonical order first (nodes by id,
+//! orders by id).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::lp::{self, LpError, LpSolution, Step, StepMode};
+use crate::model::{islands, Direction, Market, Side};
+use crate::units::{round_at, PRICE_SCALE, QUANTITY_SCALE};
+
+/// Books with more blocks than this clear by the active-set method; smaller ones by one LP.
+pub const ACTIVE_SET_BLOCKS_MIN: usize = 20_000;
+/// Quantity chunks per node and side in the active-set method's price-estimate LP.
+pub const ESTIMATE_CHUNKS_PER_CURVE: usize = 8;
+/// Most re-solves of the active-set method before it falls back to the whole LP.
+pub const ACTIVE_SET_ROUNDS_MAX: usize = 12;
+
+/// How to solve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// Active set above [`ACTIVE_SET_BLOCKS_MIN`] blocks, whole LP below.
+    Auto,
+    /// One LP with a column per (node, side, price) step.
+    Full,
+    /// The exact active-set method; `band` is the initial half-width, in price units, around
+    /// each node's estimated price within which steps stay free (`None`: chosen from the book).
+    ActiveSet {
+        /// Initial band half-width.
+        band: Option<Decimal>,
+    },
+}
+
+/// Why clearing failed. Validation errors never reach here: [`Market::new`] refuses them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClearError {
+    /// The solver failed.
+    #[error(transparent)]
+    Lp(#[from] LpError),
+    /// A post-solve invariant did not hold: a defect, never a property of the input.
+    #[error("clearing invariant violated: {0}")]
+    Invariant(String),
+}
+
+/// Price at one node, decomposed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodePrice {
+    /// Node id.
+    pub id: String,
+    /// Nodal price (the dual of the node's balance).
+    pub price: Decimal,
+    /// Price at the island's reference node.
+    pub energy: Decimal,
+    /// `price − energy`: what congestion adds or removes here.
+    pub congestion: Decimal,
+    /// Index of the node's island.
+    pub island: usize,
+}
+
+/// One order's fills.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OrderFill {
+    /// Order id.
+    pub id: String,
+    /// Settlement account.
+    pub account: String,
+    /// Node index.
+    #[serde(skip)]
+    pub node: usize,
+    /// Side.
+    pub side: Side,
+    /// Accepted quantity per block, input order.
+    pub accepted: Vec<Decimal>,
+    /// Sum of `accepted`.
+    pub accepted_total: Decimal,
+}
+
+/// One line's flow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LineFlow {
+    /// Line id.
+    pub id: String,
+    /// Flow, positive from → to.
+    pub flow: Decimal,
+    /// Whether |flow| is at the limit.
+    pub congested: bool,
+    /// Overload beyond the limit (soft limits only).
+    pub overload: Decimal,
+}
+
+/// A flexibility requirement's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlexRequirementResult {
+    /// Requirement id.
+    pub id: String,
+    /// Paying account.
+    pub account: String,
+    /// Clearing price of flexibility in this requirement.
+    pub price: Decimal,
+    /// Accepted per demand block.
+    pub accepted: Vec<Decimal>,
+    /// Total procured.
+    pub procured: Decimal,
+}
+
+/// A flexibility offer's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlexOfferResult {
+    /// Offer id.
+    pub id: String,
+    /// Paid account.
+    pub account: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Accepted per block, summed over requirements.
+    pub accepted: Vec<Decimal>,
+    /// (requirement index, quantity) allocations, for settlement.
+    #[serde(skip)]
+    pub allocations: Vec<(usize, Decimal)>,
+    /// Sum of `accepted`.
+    pub accepted_total: Decimal,
+}
+
+/// A relaxation: something the market could not honour, priced at its penalty.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Relaxation {
+    /// `unserved_demand`, `curtailed_supply` or `line_overload`.
+    pub kind: &'static str,
+    /// The order or line.
+    pub id: String,
+    /// How much.
+    pub quantity: Decimal,
+    /// Penalty price it was cleared at.
+    pub penalty: Decimal,
+}
+
+/// How the clearing was computed (not part of the deterministic result: timings vary).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClearStats {
+    /// `full` or `active-set`.
+    pub method: &'static str,
+    /// Blocks in the book.
+    pub blocks: usize,
+    /// LP columns of the step model (aggregated blocks).
+    pub steps: usize,
+    /// Columns in the last LP solved.
+    pub lp_columns: usize,
+    /// Rows in the last LP solved.
+    pub lp_rows: usize,
+    /// LP solves (active set: estimate + rounds).
+    pub lp_solves: usize,
+    /// Seconds building models, all solves.
+    pub build_s: f64,
+    /// Seconds inside HiGHS, all solves.
+    pub solve_s: f64,
+    /// Seconds reading solutions back, all solves.
+    pub extract_s: f64,
+    /// Seconds everything else (steps, ties, checks).
+    pub other_s: f64,
+}
+
+/// The outcome of clearing one interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Clearing {
+    /// Market name.
+    pub market: String,
+    /// Interval length in minutes.
+    pub interval_minutes: u32,
+    /// `Σ buy price·accepted − Σ sell price·accepted + flex value − flex cost`, per hour.
+    pub welfare: Decimal,
+    /// Per node, input order.
+    pub nodes: Vec<NodePrice>,
+    /// Per order (participants' then grid connections'), input order.
+    pub orders: Vec<OrderFill>,
+    /// Per line, input order.
+    pub lines: Vec<LineFlow>,
+    /// Per flexibility requirement.
+    pub flex_requirements: Vec<FlexRequirementResult>,
+    /// Per flexibility offer.
+    pub flex_offers: Vec<FlexOfferResult>,
+    /// Every relaxation used.
+    pub relaxations: Vec<Relaxation>,
+    /// Island of each node, by index into `islands` (reference node first).
+    #[serde(skip)]
+    pub islands: Vec<Vec<usize>>,
+}
+
+/// Aggregated steps and the blocks behind each, in canonical order.
+struct Book {
+    steps: Vec<Step>,
+    /// Per step, its (order, block) members in canonical order.
+    members: Vec<Vec<(u32, u16)>>,
+}
+
+fn build_book(market: &Market) -> Book {
+    let orders = market.orders();
+    let node_rank = rank_by(market.node_ids());
+    let mut order_rank: Vec<u32> = vec![0; orders.len()];
+    {
+        let mut idx: Vec<u32> = (0..orders.len() as u32).collect();
+        idx.sort_unstable_by(|&a, &b| orders[a as usize].id.cmp(&orders[b as usize].id));
+        for (r, i) in idx.into_iter().enumerate() {
+            order_rank[i as usize] = r as u32;
+        }
+    }
+    let device_rank = rank_by(
+        &market
+            .devices()
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<Vec<_>>(),
+    );
+    // One record per block: (node rank, side, price, device rank + 1 or 0, order rank, block).
+    let mut keys: Vec<(u32, Side, Decimal, u32, u32, u16, u32)> = Vec::new();
+    for (oi, o) in orders.iter().enumerate() {
+        for (bi, b) in o.blocks.iter().enumerate() {
+            keys.push((
+                node_rank[o.node],
+                o.side,
+                b.price,
+                o.device.map_or(0, |d| device_rank[d] + 1),
+                order_rank[oi],
+                bi as u16,
+                oi as u32,
+            ));
+        }
+    }
+    keys.sort_unstable();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut members: Vec<Vec<(u32, u16)>> = Vec::new();
+    let mut prev: Option<(u32, Side, Decimal, u32, u32)> = None;
+    for &(nr, side, price, dr, or, bi, oi) in &keys {
+        let o = &orders[oi as usize];
+        let q = o.blocks[bi as usize].quantity;
+        // Blocks on a device stay alone (their coupling rows differ); others aggregate.
+        let key = (nr, side, price, dr, if dr == 0 { 0 } else { or });
+        if prev == Some(key) {
+            let last = steps.len() - 1;
+            steps[last].quantity += q;
+            members[last].push((oi, bi));
+        } else {
+            steps.push(Step {
+                node: o.node,
+                side,
+                price,
+                quantity: q,
+                device: o.device,
+            });
+            members.push(vec![(oi, bi)]);
+            prev = Some(key);
+        }
+    }
+    Book { steps, members }
+}
+
+/// Rank of each string in sorted order.
+fn rank_by(ids: &[String]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..ids.len() as u32).collect();
+    idx.sort_unstable_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
+    let mut rank = vec![0; ids.len()];
+    for (r, i) in idx.into_iter().enumerate() {
+        rank[i as usize] = r as u32;
+    }
+    rank
+}
+
+/// Clears with [`Method::Auto`].
+pub fn clear(market: &Market) -> Result<(Clearing, ClearStats), ClearError> {
+    clear_with(market, Method::Auto)
+}
+
+/// Clears one interval.
+pub fn clear_with(market: &Market, method: Method) -> Result<(Clearing, ClearStats), ClearError> {
+    let t0 = Instant::now();
+    let islands = islands(market);
+    let book = build_book(market);
+    let blocks: usize = book.members.iter().map(Vec::len).sum();
+    let mut stats = ClearStats {
+        blocks,
+        steps: book.steps.len(),
+        ..ClearStats::default()
+    };
+    let method = match method {
+        Method::Auto if blocks >= ACTIVE_SET_BLOCKS_MIN => Method::ActiveSet { band: None },
+        Method::Auto => Method::Full,
+        m => m,
+    };
+    let sol = match method {
+        Method::ActiveSet { band } => {
+            stats.method = "active-set";
+            active_set(market, &islands, &book.steps, band, &mut stats)?
+        }
+        _ => {
+            stats.method = "full";
+            let modes = vec![StepMode::Free; book.steps.len()];
+            let s = lp::solve(market, &islands, &book.steps, &modes, None)?;
+            add_stats(&mut stats, &s);
+            s
+        }
+    };
+    let t1 = Instant::now();
+    let clearing = finish(market, islands, &book, sol)?;
+    stats.other_s = (t0.elapsed() - t1.elapsed()).as_secs_f64()
+        - stats.build_s
+        - stats.solve_s
+        - stats.extract_s
+        + t1.elapsed().as_secs_f64();
+    Ok((clearing, stats))
+}
+
+fn add_stats(stats: &mut ClearStats, s: &LpSolution) {
+    stats.lp_solves += 1;
+    stats.lp_columns = s.stats.columns;
+    stats.lp_rows = s.stats.rows;
+    stats.build_s += s.stats.build_s;
+    stats.solve_s += s.stats.solve_s;
+    stats.extract_s += s.stats.extract_s;
+}
+
+/// The exact active-set method.
+///
+/// 1. Estimate each node's price from a small LP in which each node's buy and sell curves are
+///    cut into [`ESTIMATE_CHUNKS_PER_CURVE`] chunks of consecutive steps.
+/// 2. Fix every step priced more than `band` from its node's estimate at the bound its price
+///    implies (fully accepted in the money, rejected out of it); solve the LP over the rest, with
+///    a penalised slack at every node so a wrong guess cannot make it infeasible.
+/// 3. Check every fixed step against the new prices; free the ones on the wrong side and repeat.
+///
+/// When no fixed step is on the wrong side of its node's price and no slack is used, the
+/// solution with the fixed steps at their bounds satisfies the optimality conditions of the
+/// whole LP (primal feasible; every column's reduced cost has the sign its bound requires), so it
+/// is optimal for it: the reduction is exact, not a heuristic.
+fn active_set(
+    market: &Market,
+    islands: &[Vec<usize>],
+    steps: &[Step],
+    band: Option<Decimal>,
+    stats: &mut ClearStats,
+) -> Result<LpSolution, ClearError> {
+    let n_nodes = market.node_ids().len();
+    // 1. Price estimate.
+    let chunks = chunk_steps(steps);
+    let all_free = vec![StepMode::Free; chunks.len()];
+    let est = lp::solve(market, islands, &chunks, &all_free, None)?;
+    add_stats(stats, &est);
+    let band = band.unwrap_or_else(|| default_band(steps));
+    let slack_penalty = (market.price_cap() - market.price_floor()) * Decimal::from(4)
+        + market.price_cap().abs()
+        + market.price_floor().abs();
+
+    let mut modes: Vec<StepMode> = steps
+        .iter()
+        .map(|s| {
+            if s.device.is_some() {
+                return StepMode::Free;
+            }
+            let lambda = est.node_price[s.node];
+            let in_money = match s.side {
+                Side::Buy => s.price - lambda,
+                Side::Sell => lambda - s.price,
+            };
+            if in_money > band {
+                StepMode::Full
+            } else if in_money < -band {
+                StepMode::Zero
+            } else {
+                StepMode::Free
+            }
+        })
+        .collect();
+
+    for _round in 0..ACTIVE_SET_ROUNDS_MAX {
+        let sol = lp::solve(market, islands, steps, &modes, Some(slack_penalty))?;
+        add_stats(stats, &sol);
+        let mut changed = 0usize;
+        for (s, m) in steps.iter().zip(modes.iter_mut()) {
+            let lambda = sol.node_price[s.node];
+            let wrong = match (*m, s.side) {
+                (StepMode::Free, _) => false,
+                (StepMode::Full, Side::Buy) | (StepMode::Zero, Side::Sell) => s.price < lambda,
+                (StepMode::Zero, Side::Buy) | (StepMode::Full, Side::Sell) => s.price > lambda,
+            };
+            if wrong {
+                *m = StepMode::Free;
+                changed += 1;
+            }
+        }
+        let slack_nodes: Vec<usize> = (0..n_nodes)
+            .filter(|&n| !sol.node_slack[n].is_zero())
+            .collect();
+        if changed == 0 && slack_nodes.is_empty() {
+            return Ok(sol);
+        }
+        if changed == 0 {
+            // Slack without a wrong-side step: free everything at those nodes.
+            let mut at = vec![false; n_nodes];
+            for n in slack_nodes {
+                at[n] = true;
+            }
+            for (s, m) in steps.iter().zip(modes.iter_mut()) {
+                if at[s.node] && *m != StepMode::Free {
+                    *m = StepMode::Free;
+                    changed += 1;
+                }
+            }
+            if changed == 0 {
+                break;
+            }
+        }
+    }
+    // Fallback: the whole LP.
+    let modes = vec![StepMode::Free; steps.len()];
+    let sol = lp::solve(market, islands, steps, &modes, None)?;
+    add_stats(stats, &sol);
+    Ok(sol)
+}
+
+/// Initial band: 1/200 of the spread of step prices, at least one price tick of 0.01.
+fn default_band(steps: &[Step]) -> Decimal {
+    let (mut lo, mut hi) = (Decimal::MAX, Decimal::MIN);
+    for s in steps {
+        lo = lo.min(s.price);
+        hi = hi.max(s.price);
+    }
+    if lo > hi {
+        return Decimal::ONE;
+    }
+    ((hi - lo) / Decimal::from(200)).max(Decimal::new(1, 2))
+}
+
+/// Cuts each node's curves into chunks of consecutive steps (by merit order), each chunk one
+/// column priced at its quantity-weighted mean. Device steps are kept as they are.
+fn chunk_steps(steps: &[Step]) -> Vec<Step> {
+    let mut by_curve: HashMap<(usize, Side), Vec<usize>> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        if s.device.is_some() {
+            out.push(s.clone());
+        } else {
+            by_curve.entry((s.node, s.side)).or_default().push(i);
+        }
+    }
+    let mut keys: Vec<(usize, Side)> = by_curve.keys().copied().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let idx = &by_curve[&key];
+        let per = idx.len().div_ceil(ESTIMATE_CHUNKS_PER_CURVE).max(1);
+        for chunk in idx.chunks(per) {
+            let q: Decimal = chunk.iter().map(|&i| steps[i].quantity).sum();
+            let value: Decimal = chunk
+                .iter()
+                .map(|&i| steps[i].quantity * steps[i].price)
+                .sum();
+            out.push(Step {
+                node: key.0,
+                side: key.1,
+                price: round_at(value / q, PRICE_SCALE),
+                quantity: q,
+                device: None,
+            });
+        }
+    }
+    out
+}
+
+/// From an LP solution to the result: exact island balance, tie rule, fills, prices, checks.
+fn finish(
+    market: &Market,
+    islands: Vec<Vec<usize>>,
+    book: &Book,
+    mut sol: LpSolution,
+) -> Result<Clearing, ClearError> {
+    let n_nodes = market.node_ids().len();
+    if sol.node_slack.iter().any(|s| !s.is_zero()) {
+        return Err(ClearError::Invariant(
+            "node slack left in the final solution".into(),
+        ));
+    }
+    let mut island_of = vec![0usize; n_nodes];
+    for (k, isl) in islands.iter().enumerate() {
+        for &n in isl {
+            island_of[n] = k;
+        }
+    }
+    balance_islands(
+        &book.steps,
+        &island_of,
+        islands.len(),
+        &mut sol.step_accepted,
+    )?;
+
+    // Fills: tie rule within each step.
+    let orders = market.orders();
+    let mut accepted: Vec<Vec<Decimal>> = orders
+        .iter()
+        .map(|o| vec![Decimal::ZERO; o.blocks.len()])
+        .collect();
+    for ((step, members), &acc) in book.steps.iter().zip(&book.members).zip(&sol.step_accepted) {
+        let shares = split_pro_rata(
+            acc,
+            step.quantity,
+            members
+                .iter()
+                .map(|&(oi, bi)| orders[oi as usize].blocks[bi as usize].quantity),
+        );
+        for (&(oi, bi), share) in members.iter().zip(shares) {
+            accepted[oi as usize][bi as usize] = share;
+        }
+    }
+
+    check_fill_rule(market, book, &sol)?;
+
+    let prices = &sol.node_price;
+    let nodes: Vec<NodePrice> = (0..n_nodes)
+        .map(|n| {
+            let reference = islands[island_of[n]][0];
+            NodePrice {
+                id: market.node_ids()[n].clone(),
+                price: prices[n],
+                energy: prices[reference],
+                congestion: prices[n] - prices[reference],
+                island: island_of[n],
+            }
+        })
+        .collect();
+
+    let mut welfare = Decimal::ZERO;
+    let mut relaxations = Vec::new();
+    let fills: Vec<OrderFill> = orders
+        .iter()
+        .zip(accepted)
+        .map(|(o, acc)| {
+            for (b, &a) in o.blocks.iter().zip(&acc) {
+                let v = b.price * a;
+                welfare += match o.side {
+                    Side::Buy => v,
+                    Side::Sell => -v,
+                };
+                if b.must_take && a < b.quantity {
+                    relaxations.push(Relaxation {
+                        kind: match o.side {
+                            Side::Buy => "unserved_demand",
+                            Side::Sell => "curtailed_supply",
+                        },
+                        id: o.id.clone(),
+                        quantity: b.quantity - a,
+                        penalty: b.price,
+                    });
+                }
+            }
+            OrderFill {
+                id: o.id.clone(),
+                account: o.account.clone(),
+                node: o.node,
+                side: o.side,
+                accepted_total: acc.iter().sum(),
+                accepted: acc,
+            }
+        })
+        .collect();
+
+    let lines: Vec<LineFlow> = market
+        .lines()
+        .iter()
+        .zip(&sol.flow)
+        .zip(&sol.overload)
+        .map(|((l, &flow), &overload)| {
+            if !overload.is_zero() {
+                relaxations.push(Relaxation {
+                    kind: "line_overload",
+                    id: l.id.clone(),
+                    quantity: overload,
+                    penalty: market.line_violation_penalty().unwrap_or_default(),
+                });
+                welfare -= overload * market.line_violation_penalty().unwrap_or_default();
+            }
+            LineFlow {
+                id: l.id.clone(),
+                flow,
+                congested: l.capacity.is_some_and(|c| flow.abs() >= c),
+                overload,
+            }
+        })
+        .collect();
+
+    let flex_requirements: Vec<FlexRequirementResult> = market
+        .flex_requirements()
+        .iter()
+        .enumerate()
+        .map(|(ri, r)| {
+            let acc = sol.flex_requirement_accepted[ri].clone();
+            for (b, &a) in r.blocks.iter().zip(&acc) {
+                welfare += b.price * a;
+            }
+            FlexRequirementResult {
+                id: r.id.clone(),
+                account: r.account.clone(),
+                price: sol.flex_price[ri],
+                procured: acc.iter().sum(),
+                accepted: acc,
+            }
+        })
+        .collect();
+    let flex_offers: Vec<FlexOfferResult> = market
+        .flex_offers()
+        .iter()
+        .enumerate()
+        .map(|(oi, o)| {
+            let mut allocations = Vec::new();
+            let accepted: Vec<Decimal> = o
+                .blocks
+                .iter()
+                .zip(&sol.flex_offer_accepted[oi])
+                .map(|(b, cols)| {
+                    let total: Decimal = cols.iter().map(|c| c.1).sum();
+                    welfare -= b.price * total;
+                    allocations.extend(cols.iter().filter(|c| !c.1.is_zero()).copied());
+                    total
+                })
+                .collect();
+            FlexOfferResult {
+                id: o.id.clone(),
+                account: o.account.clone(),
+                direction: o.direction,
+                accepted_total: accepted.iter().sum(),
+                accepted,
+                allocations,
+            }
+        })
+        .collect();
+    // Flex supply and demand of each requirement must match exactly in decimals.
+    balance_flex(flex_requirements, flex_offers, market).map(|(reqs, offers)| Clearing {
+        market: market.name().to_string(),
+        interval_minutes: market.interval_minutes(),
+        welfare,
+        nodes,
+        orders: fills,
+        lines,
+        flex_requirements: reqs,
+        flex_offers: offers,
+        relaxations,
+        islands,
+    })
+}
+
+/// Checks that, per requirement, the offers' allocations add up to exactly the procured total.
+fn balance_flex(
+    mut reqs: Vec<FlexRequirementResult>,
+    offers: Vec<FlexOfferResult>,
+    market: &Market,
+) -> Result<(Vec<FlexRequirementResult>, Vec<FlexOfferResult>), ClearError> {
+    let mut supplied = vec![Decimal::ZERO; reqs.len()];
+    for o in &offers {
+        for &(ri, q) in &o.allocations {
+            supplied[ri] += q;
+        }
+    }
+    let quantum = Decimal::new(1, QUANTITY_SCALE);
+    for (ri, r) in reqs.iter_mut().enumerate() {
+        let diff = supplied[ri] - r.procured;
+        if diff.abs() > quantum * Decimal::from(market.flex_offers().len().max(1)) {
+            return Err(ClearError::Invariant(format!(
+                "flex requirement {:?}: offers supply {} but {} was procured",
+                r.id, supplied[ri], r.procured
+            )));
+        }
+        if !diff.is_zero() {
+            // Rounding residue: absorb in the first partially accepted demand block that has room.
+            let blocks = &market.flex_requirements()[ri].blocks;
+            let mut left = diff;
+            for (b, a) in blocks.iter().zip(r.accepted.iter_mut()) {
+                let target = (*a + left).clamp(Decimal::ZERO, b.quantity);
+                left -= target - *a;
+                *a = target;
+                if left.is_zero() {
+                    break;
+                }
+            }
+            if !left.is_zero() {
+                return Err(ClearError::Invariant(format!(
+                    "flex requirement {:?}: cannot absorb rounding residue {left}",
+                    r.id
+                )));
+            }
+            r.procured = supplied[ri];
+        }
+    }
+    Ok((reqs, offers))
+}
+
+/// Makes Σ sells = Σ buys exactly in every island after rounding, by moving the residue onto
+/// steps that are partially accepted (those at the price), first in canonical order; failing
+/// that, onto any step with room. The residue is a few quanta at most.
+fn balance_islands(
+    steps: &[Step],
+    island_of: &[usize],
+    n_islands: usize,
+    accepted: &mut [Decimal],
+) -> Result<(), ClearError> {
+    let mut net = vec![Decimal::ZERO; n_islands];
+    for (s, &a) in steps.iter().zip(accepted.iter()) {
+        match s.side {
+            Side::Sell => net[island_of[s.node]] += a,
+            Side::Buy => net[island_of[s.node]] -= a,
+        }
+    }
+    let residue_max = Decimal::new(1000, QUANTITY_SCALE);
+    for (k, &residue) in net.iter().enumerate() {
+        if residue.is_zero() {
+            continue;
+        }
+        if residue.abs() > residue_max {
+            return Err(ClearError::Invariant(format!(
+                "island {k} out of balance by {residue} after the solve"
+            )));
+        }
+        let mut left = residue; // > 0: too much sold
+        for pass in 0..2 {
+            for (s, a) in steps.iter().zip(accepted.iter_mut()) {
+                if left.is_zero() {
+                    break;
+                }
+                if island_of[s.node] != k {
+                    continue;
+                }
+                let partial = *a > Decimal::ZERO && *a < s.quantity;
+                if pass == 0 && !partial {
+                    continue;
+                }
+                // Reduce sells or raise buys when too much is sold, and vice versa.
+                let delta = match s.side {
+                    Side::Sell => -left,
+                    Side::Buy => left,
+                };
+                let target = (*a + delta).clamp(Decimal::ZERO, s.quantity);
+                let moved = target - *a;
+                *a = target;
+                left -= match s.side {
+                    Side::Sell => -moved,
+                    Side::Buy => moved,
+                };
+            }
+        }
+        if !left.is_zero() {
+            return Err(ClearError::Invariant(format!(
+                "island {k}: cannot absorb rounding residue {left}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Splits `accepted` of `total` over members pro rata to their quantities, at the quantity
+/// scale: each gets its share rounded down, then the remaining quanta go one each to the members
+/// with the largest dropped remainders, ties to the earlier member (canonical order).
+pub fn split_pro_rata(
+    accepted: Decimal,
+    total: Decimal,
+    quantities: impl ExactSizeIterator<Item = Decimal>,
+) -> Vec<Decimal> {
+    let n = quantities.len();
+    if n == 1 {
+        return vec![accepted];
+    }
+    let qs: Vec<Decimal> = quantities.collect();
+    if accepted.is_zero() {
+        return vec![Decimal::ZERO; n];
+    }
+    if accepted == total {
+        return qs;
+    }
+    let quantum = Decimal::new(1, QUANTITY_SCALE);
+    let mut shares = Vec::with_capacity(n);
+    let mut rema = Vec::with_capacity(n);
+    let mut given = Decimal::ZERO;
+    for (i, &q) in qs.iter().enumerate() {
+        let exact = accepted * q / total;
+        let mut floor =
+            exact.round_dp_with_strategy(QUANTITY_SCALE, rust_decimal::RoundingStrategy::ToZero);
+        floor.rescale(QUANTITY_SCALE);
+        given += floor;
+        rema.push((exact - floor, i));
+        shares.push(floor);
+    }
+    let mut left = ((accepted - given) / quantum)
+        .round()
+        .to_string()
+        .parse::<usize>()
+        .unwrap_or(0);
+    rema.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in rema.iter() {
+        if left == 0 {
+            break;
+        }
+        if shares[i] + quantum <= qs[i] {
+            shares[i] += quantum;
+            left -= 1;
+        }
+    }
+    shares
+}
+
+/// The fill rule: at its node's price, a block strictly in the money is fully accepted and one
+/// strictly out of the money is rejected; only blocks at the price may be partial. For blocks
+/// on a device, the price is net of the device's capacity shadow price.
+fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(), ClearError> {
+    let tick = Decimal::new(1, PRICE_SCALE);
+    for ((s, &a), members) in book.steps.iter().zip(&sol.step_accepted).zip(&book.members) {
+        let lambda = sol.node_price[s.node];
+        let (effective, tolerance) = match s.device {
+            None => (s.price, Decimal::ZERO),
+            Some(d) => {
+                let (up, down) = sol.device_shadow[d];
+                match s.side {
+                    Side::Sell => (s.price + up, tick * Decimal::from(2)),
+                    Side::Buy => (s.price - down, tick * Decimal::from(2)),
+                }
+            }
+        };
+        let margin = match s.side {
+            Side::Buy => effective - lambda,
+            Side::Sell => lambda - effective,
+        };
+        let bad = match margin.cmp(&Decimal::ZERO) {
+            Ordering::Greater if margin > tolerance => a != s.quantity,
+            Ordering::Less if -margin > tolerance => !a.is_zero(),
+            _ => false,
+        };
+        if bad {
+            let (oi, _) = members[0];
+            return Err(ClearError::Invariant(format!(
+                "fill rule: {} block at {} (node {} price {}) accepted {} of {}",
+                market.orders()[oi as usize].id,
+                s.price,
+                market.node_ids()[s.node],
+                lambda,
+                a,
+                s.quantity
+            )));
+        }
+    }
+    Ok(())
+}

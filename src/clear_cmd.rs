@@ -1,0 +1,80 @@
+//! `baton clear`: one-shot offline clearing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use baton_engine::{clear_with, settle, study, Market, MarketSpec, Method};
+
+/// Reads a market file: study JSON or native TOML scenario.
+pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > study::STUDY_FILE_BYTES_MAX {
+        bail!(
+            "{} is larger than {} bytes",
+            path.display(),
+            study::STUDY_FILE_BYTES_MAX
+        );
+    }
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let spec = if is_toml {
+        let text = std::str::from_utf8(&bytes).context("scenario is not UTF-8")?;
+        baton_engine::scenario::parse(text)
+            .with_context(|| format!("{}", path.display()))?
+            .market
+    } else {
+        study::parse_market(&bytes).with_context(|| format!("{}", path.display()))?
+    };
+    let market = if is_toml {
+        Market::new(&spec)
+    } else {
+        Market::new_rounding(&spec)
+    }
+    .with_context(|| format!("{}", path.display()))?;
+    Ok((spec, market))
+}
+
+pub(crate) fn run(path: &Path, out: Option<&Path>, method: &str, timings: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let method = match method {
+        "auto" => Method::Auto,
+        "full" => Method::Full,
+        "active-set" => Method::ActiveSet { band: None },
+        other => bail!("unknown method {other:?} (auto, full, active-set)"),
+    };
+    let (_, market) = load_market(path)?;
+    let t_load = t0.elapsed().as_secs_f64();
+    let (clearing, stats) = clear_with(&market, method).context("clearing failed")?;
+    let settlement = settle(&market, &clearing);
+    let total = t0.elapsed().as_secs_f64();
+    let timing_json = serde_json::json!({
+        "total": total,
+        "load": t_load,
+        "build": stats.build_s,
+        "solve": stats.solve_s,
+        "extract": stats.extract_s,
+        "other": stats.other_s,
+        "method": stats.method,
+        "lp_solves": stats.lp_solves,
+        "lp_columns": stats.lp_columns,
+    });
+    eprintln!(
+        "baton: cleared {} ({} blocks, {} steps) by {} in {:.3} s: {} LP solve(s), HiGHS {:.3} s, build {:.3} s, extract {:.3} s",
+        market.name(),
+        stats.blocks,
+        stats.steps,
+        stats.method,
+        total,
+        stats.lp_solves,
+        stats.solve_s,
+        stats.build_s,
+        stats.extract_s
+    );
+    let json = study::write_result(
+        &clearing,
+        &settlement,
+        market.participant_order_count(),
+        timings.then_some(timing_json),
+    );
+    crate::write_out(out, &json)
+}
