@@ -22,6 +22,8 @@ use crate::units::{round_at, PRICE_SCALE, QUANTITY_SCALE};
 pub const ACTIVE_SET_BLOCKS_MIN: usize = 20_000;
 /// Quantity chunks per node and side in the active-set method's price-estimate LP.
 pub const ESTIMATE_CHUNKS_PER_CURVE: usize = 8;
+/// Steps on each side of a node's estimated price that start free in the active-set method.
+pub const ACTIVE_SET_STEPS_PER_CURVE: usize = 4;
 /// Most re-solves of the active-set method before it falls back to the whole LP.
 pub const ACTIVE_SET_ROUNDS_MAX: usize = 12;
 
@@ -32,8 +34,9 @@ pub enum Method {
     Auto,
     /// One LP with a column per (node, side, price) step.
     Full,
-    /// The exact active-set method; `band` is the initial half-width, in price units, around
-    /// each node's estimated price within which steps stay free (`None`: chosen from the book).
+    /// The exact active-set method. Steps start free when they are among the nearest
+    /// [`ACTIVE_SET_STEPS_PER_CURVE`] on each side of their node's estimated price (`band:
+    /// None`), or when they are within `band` of it (`Some`).
     ActiveSet {
         /// Initial band half-width.
         band: Option<Decimal>,
@@ -167,6 +170,8 @@ pub struct ClearStats {
     pub extract_s: f64,
     /// Seconds everything else (steps, ties, checks).
     pub other_s: f64,
+    /// Per LP solve: (columns, seconds in HiGHS, steps freed after it).
+    pub rounds: Vec<(usize, f64, usize)>,
 }
 
 /// The outcome of clearing one interval.
@@ -320,6 +325,7 @@ pub fn clear_with(market: &Market, method: Method) -> Result<(Clearing, ClearSta
 
 fn add_stats(stats: &mut ClearStats, s: &LpSolution) {
     stats.lp_solves += 1;
+    stats.rounds.push((s.stats.columns, s.stats.solve_s, 0));
     stats.lp_columns = s.stats.columns;
     stats.lp_rows = s.stats.rows;
     stats.build_s += s.stats.build_s;
@@ -331,7 +337,7 @@ fn add_stats(stats: &mut ClearStats, s: &LpSolution) {
 ///
 /// 1. Estimate each node's price from a small LP in which each node's buy and sell curves are
 ///    cut into [`ESTIMATE_CHUNKS_PER_CURVE`] chunks of consecutive steps.
-/// 2. Fix every step priced more than `band` from its node's estimate at the bound its price
+/// 2. Fix every step not near its node's estimate ([`initial_modes`]) at the bound its price
 ///    implies (fully accepted in the money, rejected out of it); solve the LP over the rest, with
 ///    a penalised slack at every node so a wrong guess cannot make it infeasible.
 /// 3. Check every fixed step against the new prices; free the ones on the wrong side and repeat.
@@ -353,31 +359,10 @@ fn active_set(
     let all_free = vec![StepMode::Free; chunks.len()];
     let est = lp::solve(market, islands, &chunks, &all_free, None)?;
     add_stats(stats, &est);
-    let band = band.unwrap_or_else(|| default_band(steps));
     let slack_penalty = (market.price_cap() - market.price_floor()) * Decimal::from(4)
         + market.price_cap().abs()
         + market.price_floor().abs();
-
-    let mut modes: Vec<StepMode> = steps
-        .iter()
-        .map(|s| {
-            if s.device.is_some() {
-                return StepMode::Free;
-            }
-            let lambda = est.node_price[s.node];
-            let in_money = match s.side {
-                Side::Buy => s.price - lambda,
-                Side::Sell => lambda - s.price,
-            };
-            if in_money > band {
-                StepMode::Full
-            } else if in_money < -band {
-                StepMode::Zero
-            } else {
-                StepMode::Free
-            }
-        })
-        .collect();
+    let mut modes = initial_modes(steps, &est.node_price, band);
 
     for _round in 0..ACTIVE_SET_ROUNDS_MAX {
         let sol = lp::solve(market, islands, steps, &modes, Some(slack_penalty))?;
@@ -394,6 +379,9 @@ fn active_set(
                 *m = StepMode::Free;
                 changed += 1;
             }
+        }
+        if let Some(r) = stats.rounds.last_mut() {
+            r.2 = changed;
         }
         let slack_nodes: Vec<usize> = (0..n_nodes)
             .filter(|&n| !sol.node_slack[n].is_zero())
@@ -425,17 +413,43 @@ fn active_set(
     Ok(sol)
 }
 
-/// Initial band: 1/200 of the spread of step prices, at least one price tick of 0.01.
-fn default_band(steps: &[Step]) -> Decimal {
-    let (mut lo, mut hi) = (Decimal::MAX, Decimal::MIN);
-    for s in steps {
-        lo = lo.min(s.price);
-        hi = hi.max(s.price);
+/// The first guess of the active set. Within each node's buy or sell curve (steps sorted by
+/// price), the [`ACTIVE_SET_STEPS_PER_CURVE`] steps on either side of the estimated price stay
+/// free (with an explicit `band`: only the steps within `band` of it); the rest are fixed at the bound their price
+/// implies at the estimate. Device steps are always free.
+fn initial_modes(steps: &[Step], estimate: &[Decimal], band: Option<Decimal>) -> Vec<StepMode> {
+    // An explicit band replaces the nearest-steps rule (tests use a tiny one to force rounds).
+    let (band, near_steps) = match band {
+        Some(b) => (b, 0),
+        None => (Decimal::ZERO, ACTIVE_SET_STEPS_PER_CURVE),
+    };
+    let mut modes = vec![StepMode::Free; steps.len()];
+    let mut i = 0;
+    while i < steps.len() {
+        let (node, side) = (steps[i].node, steps[i].side);
+        let mut j = i;
+        while j < steps.len() && steps[j].node == node && steps[j].side == side {
+            j += 1;
+        }
+        // Steps i..j: one curve, ascending price (device steps interleave; they stay free).
+        let lambda = estimate[node];
+        let curve: Vec<usize> = (i..j).filter(|&k| steps[k].device.is_none()).collect();
+        let split = curve.partition_point(|&k| steps[k].price < lambda);
+        for (pos, &k) in curve.iter().enumerate() {
+            let near = pos + near_steps >= split && pos < split + near_steps;
+            let p = steps[k].price;
+            if near || (p - lambda).abs() <= band {
+                continue;
+            }
+            let below = p < lambda;
+            modes[k] = match (side, below) {
+                (Side::Buy, true) | (Side::Sell, false) => StepMode::Zero,
+                (Side::Buy, false) | (Side::Sell, true) => StepMode::Full,
+            };
+        }
+        i = j;
     }
-    if lo > hi {
-        return Decimal::ONE;
-    }
-    ((hi - lo) / Decimal::from(200)).max(Decimal::new(1, 2))
+    modes
 }
 
 /// Cuts each node's curves into chunks of consecutive steps (by merit order), each chunk one
