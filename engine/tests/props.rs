@@ -960,3 +960,24 @@ fn six_decimal_fills_lose_welfare_beyond_the_promised_tolerance() {
     );
     check_all(&spec).unwrap();
 }
+
+/// Found by `determinism` and `active_set_is_exact` when many tests clear at once: `clear_with`
+/// computed its `other_s` statistic as `t0.elapsed() − t1.elapsed()` with two clock reads, and
+/// `Duration` subtraction panics ("overflow when subtracting durations") whenever the thread is
+/// held up between the two reads for longer than the solve took. Clearing many tiny markets on
+/// busy threads makes that likely.
+#[test]
+fn clearing_statistics_never_panic_on_a_busy_machine() {
+    // Empty markets: the shorter the solve, the narrower the margin.
+    let spec = build(1, Vec::new(), Vec::new());
+    let m = market(&spec);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    clear_with(&m, Method::Full).expect("clears");
+                }
+            });
+        }
+    });
+}
