@@ -111,6 +111,14 @@ fn dec(x: f64, scale: u32, what: &'static str) -> Result<Decimal, LpError> {
     Ok(round_at(d, scale))
 }
 
+/// Indices of `ids` sorted by id: the canonical order in which records enter the model.
+fn canonical_order<'a>(ids: impl Iterator<Item = &'a String>) -> Vec<usize> {
+    let ids: Vec<&String> = ids.collect();
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_unstable_by(|&a, &b| ids[a].cmp(ids[b]));
+    order
+}
+
 /// Builds and solves the LP. `node_slack_penalty` adds a penalised slack to every balance row
 /// (used by the active-set method so a wrong guess never makes the LP infeasible).
 pub(crate) fn solve(
@@ -163,11 +171,18 @@ pub(crate) fn solve(
         }
     }
 
+    // Nodes and lines enter the model in canonical order (by id), like the steps: HiGHS picks
+    // among tied vertices and duals by column and row order, so the order of input records must
+    // not reach it (pinned by `reordering_nodes_changes_a_degenerate_nodal_price`).
+    let node_order = canonical_order(market.node_ids().iter());
+    let line_order = canonical_order(lines.iter().map(|l| &l.id));
+
     // Flows, with soft or hard limits.
     let penalty = market.line_violation_penalty().map(f);
-    let mut flow_var = Vec::with_capacity(lines.len());
-    let mut overload_var: Vec<Option<(Variable, Variable)>> = Vec::with_capacity(lines.len());
-    for l in lines {
+    let mut flow_slot: Vec<Option<Variable>> = vec![None; lines.len()];
+    let mut overload_var: Vec<Option<(Variable, Variable)>> = vec![None; lines.len()];
+    for &li in &line_order {
+        let l = &lines[li];
         let def = match (l.capacity, penalty) {
             (Some(c), None) => variable().min(-f(c)).max(f(c)),
             _ => variable(),
@@ -175,8 +190,8 @@ pub(crate) fn solve(
         let fl = vars.add(def);
         balance[l.from].add_mul(-1.0, fl);
         balance[l.to].add_mul(1.0, fl);
-        flow_var.push(fl);
-        overload_var.push(match (l.capacity, penalty) {
+        flow_slot[li] = Some(fl);
+        overload_var[li] = match (l.capacity, penalty) {
             (Some(_), Some(p)) => {
                 let up = vars.add(variable().min(0.0));
                 let down = vars.add(variable().min(0.0));
@@ -185,13 +200,18 @@ pub(crate) fn solve(
                 Some((up, down))
             }
             _ => None,
-        });
+        };
     }
+    let flow_var: Vec<Variable> = flow_slot
+        .into_iter()
+        .map(|v| v.expect("every line has a flow column"))
+        .collect();
 
     // Node slacks.
     let mut slack_var: Vec<Option<(Variable, Variable)>> = vec![None; n_nodes];
     if let Some(p) = node_slack_penalty.map(f) {
-        for (node, slot) in slack_var.iter_mut().enumerate() {
+        for &node in &node_order {
+            let slot = &mut slack_var[node];
             let plus = vars.add(variable().min(0.0));
             let minus = vars.add(variable().min(0.0));
             objective.add_mul(-p, plus);
@@ -286,11 +306,19 @@ pub(crate) fn solve(
         .set_option("primal_feasibility_tolerance", SOLVER_TOLERANCE)
         .set_option("dual_feasibility_tolerance", SOLVER_TOLERANCE);
 
-    let mut balance_rows = Vec::with_capacity(n_nodes);
-    for (node, expr) in balance.into_iter().enumerate() {
-        balance_rows.push(problem.add_constraint(constraint::eq(expr, fixed_net_withdrawal[node])));
+    let mut balance_slot: Vec<Option<Expression>> = balance.into_iter().map(Some).collect();
+    let mut balance_row: Vec<Option<ConstraintReference>> = vec![None; n_nodes];
+    for &node in &node_order {
+        let expr = balance_slot[node].take().expect("one balance row per node");
+        balance_row[node] =
+            Some(problem.add_constraint(constraint::eq(expr, fixed_net_withdrawal[node])));
     }
-    for (l, &fl) in lines.iter().zip(&flow_var) {
+    let balance_rows: Vec<ConstraintReference> = balance_row
+        .into_iter()
+        .map(|r| r.expect("every node has a balance row"))
+        .collect();
+    for &li in &line_order {
+        let (l, fl) = (&lines[li], flow_var[li]);
         let b = 1.0 / f(l.x);
         let mut e = Expression::with_capacity(3);
         e.add_mul(1.0, fl);
@@ -302,7 +330,8 @@ pub(crate) fn solve(
         }
         problem.add_constraint(constraint::eq(e, 0.0));
     }
-    for ((l, &fl), ov) in lines.iter().zip(&flow_var).zip(&overload_var) {
+    for &li in &line_order {
+        let (l, fl, ov) = (&lines[li], flow_var[li], &overload_var[li]);
         if let (Some(c), Some((up, down))) = (l.capacity, ov) {
             problem.add_constraint(constraint::leq(Expression::from(fl) - *up, f(c)));
             problem.add_constraint(constraint::geq(Expression::from(fl) + *down, -f(c)));

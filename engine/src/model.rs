@@ -796,14 +796,12 @@ impl Numbers {
         scale: u32,
     ) -> Result<Decimal, MarketError> {
         let n = v.normalize();
-        if n.scale() > scale {
-            if !self.round {
-                return Err(MarketError::BadNumber {
-                    record: record.to_string(),
-                    field: field.to_string(),
-                    reason: format!("{v} has more than {scale} decimal places"),
-                });
-            }
+        if n.scale() > scale && !self.round {
+            return Err(MarketError::BadNumber {
+                record: record.to_string(),
+                field: field.to_string(),
+                reason: format!("{v} has more than {scale} decimal places"),
+            });
         }
         Ok(crate::units::round_at(n, scale))
     }
