@@ -56,7 +56,11 @@ fn bench_case2869() {
     let dir = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json_path = dir.join("case2869.json");
-    std::fs::write(&json_path, study::write_market(&case2869()).expect("writes")).expect("write");
+    std::fs::write(
+        &json_path,
+        study::write_market(&case2869()).expect("writes"),
+    )
+    .expect("write");
 
     let mut totals = Vec::new();
     let mut solves = Vec::new();
@@ -195,7 +199,10 @@ fn bench_large_book() {
         s.attributions.len(),
         peak_rss_mib()
     );
-    println!("  LP solves (columns, HiGHS s, steps freed after): {:?}", stats.rounds);
+    println!(
+        "  LP solves (columns, HiGHS s, steps freed after): {:?}",
+        stats.rounds
+    );
 }
 
 fn main() {

@@ -692,8 +692,17 @@ fn reference(spec: &MarketSpec) -> Result<Reference, String> {
 fn check_optimal(spec: &MarketSpec, c: &Clearing) -> Result<(), TestCaseError> {
     let r = reference(spec).map_err(|e| TestCaseError::fail(format!("reference: {e}")))?;
     let w = f64_of(c.welfare);
+    // Welfare is that of the reported fills, rounded to six decimals (docs/MARKET.md): it may
+    // sit below the LP optimum by up to one quantum (1e-6) times each block's price, beyond
+    // the study format's 1e-6 relative tolerance.
+    let rounding_allowance: f64 = spec
+        .orders
+        .iter()
+        .flat_map(|o| &o.blocks)
+        .map(|b| f64_of(b.price.unwrap_or(spec.price_cap)).abs() * 1e-6)
+        .sum();
     prop_assert!(
-        (w - r.welfare).abs() <= 1e-6 * r.welfare.abs().max(1.0),
+        (w - r.welfare).abs() <= 1e-6 * r.welfare.abs().max(1.0) + rounding_allowance,
         "welfare {} but the reference finds {}",
         w,
         r.welfare
@@ -944,9 +953,11 @@ fn reordering_nodes_changes_a_degenerate_nodal_price() {
 /// sell 1 @ 0 at n2. Optimal welfare 25.77·T = 0.2841760…; the engine's fills at six decimals
 /// (T = 0.011027) give 0.28416579, 1.0e-5 short: more than the 1e-6·max(1, |welfare|) the
 /// study format promises. No six-decimal fill can do better here (0.011028 overloads l0), so
-/// the promise cannot hold for small welfare whenever the optimum is not a six-decimal point.
+/// the promise cannot hold for small welfare whenever the optimum is not a six-decimal point:
+/// the documented rule is now that welfare is that of the rounded fills, within one quantum
+/// times each block's price of the optimum, which `check_optimal` allows for.
 #[test]
-fn six_decimal_fills_lose_welfare_beyond_the_promised_tolerance() {
+fn six_decimal_fills_stay_within_one_quantum_of_the_optimum() {
     let spec = build(
         3,
         vec![
