@@ -8,7 +8,6 @@
 //! orders by id).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use rust_decimal::Decimal;
@@ -203,21 +202,28 @@ pub struct Clearing {
 /// Aggregated steps and the blocks behind each, in canonical order.
 struct Book {
     steps: Vec<Step>,
-    /// Per step, its (order, block) members in canonical order.
-    members: Vec<Vec<(u32, u16)>>,
+    /// Members of step `k` are `members[member_start[k]..member_start[k + 1]]`, each an
+    /// (order, block) pair, in canonical order (order id, then block).
+    member_start: Vec<u32>,
+    members: Vec<(u32, u16)>,
+}
+
+impl Book {
+    fn members(&self, step: usize) -> &[(u32, u16)] {
+        &self.members[self.member_start[step] as usize..self.member_start[step + 1] as usize]
+    }
+}
+
+/// A price at [`PRICE_SCALE`] as an integer number of quanta (|price| ≤ 1e7 fits easily).
+fn price_quanta(p: Decimal) -> i64 {
+    let mut d = p;
+    d.rescale(PRICE_SCALE);
+    i64::try_from(d.mantissa()).expect("validated prices fit in i64 quanta")
 }
 
 fn build_book(market: &Market) -> Book {
     let orders = market.orders();
     let node_rank = rank_by(market.node_ids());
-    let mut order_rank: Vec<u32> = vec![0; orders.len()];
-    {
-        let mut idx: Vec<u32> = (0..orders.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| orders[a as usize].id.cmp(&orders[b as usize].id));
-        for (r, i) in idx.into_iter().enumerate() {
-            order_rank[i as usize] = r as u32;
-        }
-    }
     let device_rank = rank_by(
         &market
             .devices()
@@ -225,47 +231,76 @@ fn build_book(market: &Market) -> Book {
             .map(|d| d.id.clone())
             .collect::<Vec<_>>(),
     );
-    // One record per block: (node rank, side, price, device rank + 1 or 0, order rank, block).
-    let mut keys: Vec<(u32, Side, Decimal, u32, u32, u16, u32)> = Vec::new();
+    // One record per block: (node rank | side | price, device rank + 1 or 0, order, block).
+    // The order index only makes the sort total; members are re-sorted by id below so the
+    // result does not depend on input order.
+    const PRICE_OFFSET: i64 = 1 << 50;
+    let mut keys: Vec<(u64, u32, u32, u16)> = Vec::with_capacity(orders.len() * 2);
     for (oi, o) in orders.iter().enumerate() {
+        let side_bit: u64 = match o.side {
+            Side::Buy => 0,
+            Side::Sell => 1,
+        };
+        let dev = o.device.map_or(0, |d| device_rank[d] + 1);
         for (bi, b) in o.blocks.iter().enumerate() {
-            keys.push((
-                node_rank[o.node],
-                o.side,
-                b.price,
-                o.device.map_or(0, |d| device_rank[d] + 1),
-                order_rank[oi],
-                bi as u16,
-                oi as u32,
-            ));
+            let hi = (u64::from(node_rank[o.node]) << 52)
+                | (side_bit << 51)
+                | (price_quanta(b.price) + PRICE_OFFSET) as u64;
+            keys.push((hi, dev, oi as u32, bi as u16));
         }
     }
     keys.sort_unstable();
+    let by_id = |a: &(u32, u16), b: &(u32, u16)| {
+        orders[a.0 as usize]
+            .id
+            .cmp(&orders[b.0 as usize].id)
+            .then(a.1.cmp(&b.1))
+    };
     let mut steps: Vec<Step> = Vec::new();
-    let mut members: Vec<Vec<(u32, u16)>> = Vec::new();
-    let mut prev: Option<(u32, Side, Decimal, u32, u32)> = None;
-    for &(nr, side, price, dr, or, bi, oi) in &keys {
-        let o = &orders[oi as usize];
-        let q = o.blocks[bi as usize].quantity;
-        // Blocks on a device stay alone (their coupling rows differ); others aggregate.
-        let key = (nr, side, price, dr, if dr == 0 { 0 } else { or });
-        if prev == Some(key) {
-            let last = steps.len() - 1;
-            steps[last].quantity += q;
-            members[last].push((oi, bi));
-        } else {
-            steps.push(Step {
-                node: o.node,
-                side,
-                price,
-                quantity: q,
-                device: o.device,
-            });
-            members.push(vec![(oi, bi)]);
-            prev = Some(key);
+    let mut member_start: Vec<u32> = vec![0];
+    let mut members: Vec<(u32, u16)> = Vec::with_capacity(keys.len());
+    let mut i = 0;
+    while i < keys.len() {
+        let mut j = i + 1;
+        while j < keys.len() && keys[j].0 == keys[i].0 && keys[j].1 == keys[i].1 {
+            j += 1;
         }
+        let group_start = members.len();
+        members.extend(keys[i..j].iter().map(|k| (k.2, k.3)));
+        if j - i > 1 {
+            members[group_start..].sort_unstable_by(by_id);
+        }
+        let first = &orders[keys[i].2 as usize];
+        let price = first.blocks[keys[i].3 as usize].price;
+        let mut push_step = |members: &[(u32, u16)], end: usize| {
+            let quantity = members
+                .iter()
+                .map(|&(oi, bi)| orders[oi as usize].blocks[bi as usize].quantity)
+                .sum();
+            steps.push(Step {
+                node: first.node,
+                side: first.side,
+                price,
+                quantity,
+                device: first.device,
+            });
+            member_start.push(end as u32);
+        };
+        if keys[i].1 == 0 {
+            push_step(&members[group_start..], members.len());
+        } else {
+            // Blocks on a device stay alone: their coupling rows differ.
+            for k in group_start..members.len() {
+                push_step(&members[k..k + 1], k + 1);
+            }
+        }
+        i = j;
     }
-    Book { steps, members }
+    Book {
+        steps,
+        member_start,
+        members,
+    }
 }
 
 /// Rank of each string in sorted order.
@@ -289,7 +324,7 @@ pub fn clear_with(market: &Market, method: Method) -> Result<(Clearing, ClearSta
     let t0 = Instant::now();
     let islands = islands(market);
     let book = build_book(market);
-    let blocks: usize = book.members.iter().map(Vec::len).sum();
+    let blocks: usize = book.members.len();
     let mut stats = ClearStats {
         blocks,
         steps: book.steps.len(),
@@ -364,6 +399,8 @@ fn active_set(
     for _round in 0..ACTIVE_SET_ROUNDS_MAX {
         let sol = lp::solve(market, islands, steps, &modes, Some(slack_penalty))?;
         add_stats(stats, &sol);
+        // Free every fixed step on the wrong side of its node's new price, and the steps
+        // nearest the new price in each curve (they are the likeliest to be wrong next).
         let mut changed = 0usize;
         for (s, m) in steps.iter().zip(modes.iter_mut()) {
             let lambda = sol.node_price[s.node];
@@ -375,6 +412,14 @@ fn active_set(
             if wrong {
                 *m = StepMode::Free;
                 changed += 1;
+            }
+        }
+        if changed > 0 {
+            let near = initial_modes(steps, &sol.node_price, band);
+            for (m, n) in modes.iter_mut().zip(near) {
+                if n == StepMode::Free && *m != StepMode::Free {
+                    *m = StepMode::Free;
+                }
             }
         }
         if let Some(r) = stats.rounds.last_mut() {
@@ -449,37 +494,33 @@ fn initial_modes(steps: &[Step], estimate: &[Decimal], band: Option<Decimal>) ->
     modes
 }
 
-/// Cuts each node's curves into chunks of consecutive steps (by merit order), each chunk one
-/// column priced at its quantity-weighted mean. Device steps are kept as they are.
+/// Cuts each node's curves into chunks of consecutive steps (by price), each chunk one column
+/// priced at its quantity-weighted mean. Device steps are kept as they are.
 fn chunk_steps(steps: &[Step]) -> Vec<Step> {
-    let mut by_curve: HashMap<(usize, Side), Vec<usize>> = HashMap::new();
     let mut out = Vec::new();
-    for (i, s) in steps.iter().enumerate() {
-        if s.device.is_some() {
-            out.push(s.clone());
-        } else {
-            by_curve.entry((s.node, s.side)).or_default().push(i);
+    let mut i = 0;
+    while i < steps.len() {
+        let (node, side) = (steps[i].node, steps[i].side);
+        let mut j = i;
+        while j < steps.len() && steps[j].node == node && steps[j].side == side {
+            j += 1;
         }
-    }
-    let mut keys: Vec<(usize, Side)> = by_curve.keys().copied().collect();
-    keys.sort_unstable();
-    for key in keys {
-        let idx = &by_curve[&key];
-        let per = idx.len().div_ceil(ESTIMATE_CHUNKS_PER_CURVE).max(1);
-        for chunk in idx.chunks(per) {
-            let q: Decimal = chunk.iter().map(|&i| steps[i].quantity).sum();
-            let value: Decimal = chunk
-                .iter()
-                .map(|&i| steps[i].quantity * steps[i].price)
-                .sum();
+        // Steps i..j form one curve, ascending in price.
+        let curve: Vec<&Step> = steps[i..j].iter().filter(|s| s.device.is_none()).collect();
+        out.extend(steps[i..j].iter().filter(|s| s.device.is_some()).cloned());
+        let per = curve.len().div_ceil(ESTIMATE_CHUNKS_PER_CURVE).max(1);
+        for chunk in curve.chunks(per) {
+            let q: Decimal = chunk.iter().map(|s| s.quantity).sum();
+            let value: Decimal = chunk.iter().map(|s| s.quantity * s.price).sum();
             out.push(Step {
-                node: key.0,
-                side: key.1,
+                node,
+                side,
                 price: round_at(value / q, PRICE_SCALE),
                 quantity: q,
                 device: None,
             });
         }
+        i = j;
     }
     out
 }
@@ -516,7 +557,12 @@ fn finish(
         .iter()
         .map(|o| vec![Decimal::ZERO; o.blocks.len()])
         .collect();
-    for ((step, members), &acc) in book.steps.iter().zip(&book.members).zip(&sol.step_accepted) {
+    for (k, (step, &acc)) in book.steps.iter().zip(&sol.step_accepted).enumerate() {
+        let members = book.members(k);
+        if let [(oi, bi)] = members {
+            accepted[*oi as usize][*bi as usize] = acc;
+            continue;
+        }
         let shares = split_pro_rata(
             acc,
             step.quantity,
@@ -826,7 +872,7 @@ pub fn split_pro_rata(
 /// on a device, the price is net of the device's capacity shadow price.
 fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(), ClearError> {
     let tick = Decimal::new(1, PRICE_SCALE);
-    for ((s, &a), members) in book.steps.iter().zip(&sol.step_accepted).zip(&book.members) {
+    for (k, (s, &a)) in book.steps.iter().zip(&sol.step_accepted).enumerate() {
         let lambda = sol.node_price[s.node];
         let (effective, tolerance) = match s.device {
             None => (s.price, Decimal::ZERO),
@@ -848,7 +894,7 @@ fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(),
             _ => false,
         };
         if bad {
-            let (oi, _) = members[0];
+            let (oi, _) = book.members(k)[0];
             return Err(ClearError::Invariant(format!(
                 "fill rule: {} block at {} (node {} price {}) accepted {} of {}",
                 market.orders()[oi as usize].id,

@@ -439,8 +439,12 @@ impl Market {
                 spec.interval_minutes
             )));
         }
-        let price_floor = num.price("market", "price_floor", spec.price_floor)?;
-        let price_cap = num.price("market", "price_cap", spec.price_cap)?;
+        let price_floor = num.price(
+            &|| "market".into(),
+            &|| "price_floor".into(),
+            spec.price_floor,
+        )?;
+        let price_cap = num.price(&|| "market".into(), &|| "price_cap".into(), spec.price_cap)?;
         if price_floor >= price_cap {
             return Err(MarketError::Parameters(format!(
                 "price_floor {price_floor} must be below price_cap {price_cap}"
@@ -449,7 +453,7 @@ impl Market {
         let line_violation_penalty = match spec.line_violation_penalty {
             None => None,
             Some(p) => {
-                let p = num.price("market", "line_violation_penalty", p)?;
+                let p = num.price(&|| "market".into(), &|| "line_violation_penalty".into(), p)?;
                 if p <= Decimal::ZERO {
                     return Err(MarketError::Parameters(
                         "line_violation_penalty must be positive".into(),
@@ -504,7 +508,7 @@ impl Market {
             }
             let capacity = match l.capacity {
                 None => None,
-                Some(c) => Some(num.quantity_nonneg(&rec(), "capacity", c)?),
+                Some(c) => Some(num.quantity_nonneg(&rec, &|| "capacity".into(), c)?),
             };
             lines.push(Line {
                 id: l.id.clone(),
@@ -524,7 +528,7 @@ impl Market {
             }
             let rec = || format!("device {:?}", d.id);
             let node = node_of(&rec, &d.node)?;
-            let capacity = num.quantity_nonneg(&rec(), "capacity", d.capacity)?;
+            let capacity = num.quantity_nonneg(&rec, &|| "capacity".into(), d.capacity)?;
             devices.push(Device {
                 id: d.id.clone(),
                 node,
@@ -547,10 +551,11 @@ impl Market {
         };
 
         let mut orders = Vec::with_capacity(spec.orders.len() + 2 * spec.grid_connections.len());
-        let mut order_ids = std::collections::HashSet::with_capacity(orders.capacity());
+        let mut order_ids: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(spec.orders.len());
         for o in &spec.orders {
             check_id("order", &o.id)?;
-            if !order_ids.insert(o.id.clone()) {
+            if !order_ids.insert(o.id.as_str()) {
                 return Err(dup("order", &o.id));
             }
             let rec = || format!("order {:?}", o.id);
@@ -559,8 +564,11 @@ impl Market {
                 Side::Buy => (price_cap, ()),
                 Side::Sell => (price_floor, ()),
             };
-            let blocks = num.blocks(&rec(), &o.blocks, cap_or_floor, price_floor, price_cap)?;
-            let device = device_of(rec(), &o.device, node)?;
+            let blocks = num.blocks(&rec, &o.blocks, cap_or_floor, price_floor, price_cap)?;
+            let device = match &o.device {
+                None => None,
+                dev => device_of(rec(), dev, node)?,
+            };
             if let Some(p) = &o.participant {
                 check_id("participant", p)?;
             }
@@ -584,10 +592,12 @@ impl Market {
             }
             let rec = || format!("grid connection {:?}", g.id);
             let node = node_of(&rec, &g.node)?;
-            let import_limit = num.quantity_nonneg(&rec(), "import_limit", g.import_limit)?;
-            let export_limit = num.quantity_nonneg(&rec(), "export_limit", g.export_limit)?;
-            let import_price = num.price(&rec(), "import_price", g.import_price)?;
-            let export_price = num.price(&rec(), "export_price", g.export_price)?;
+            let import_limit =
+                num.quantity_nonneg(&rec, &|| "import_limit".into(), g.import_limit)?;
+            let export_limit =
+                num.quantity_nonneg(&rec, &|| "export_limit".into(), g.export_limit)?;
+            let import_price = num.price(&rec, &|| "import_price".into(), g.import_price)?;
+            let export_price = num.price(&rec, &|| "export_price".into(), g.export_price)?;
             if export_price > import_price {
                 return Err(MarketError::BadNumber {
                     record: rec(),
@@ -600,7 +610,7 @@ impl Market {
                 (Side::Buy, "export", export_limit, export_price),
             ] {
                 let id = format!("{}/{suffix}", g.id);
-                if !order_ids.insert(id.clone()) {
+                if order_ids.contains(id.as_str()) {
                     return Err(dup("order", &id));
                 }
                 let blocks = if q.is_zero() {
@@ -654,7 +664,7 @@ impl Market {
                 .collect::<Result<Vec<_>, _>>()?;
             nodes.sort_unstable();
             nodes.dedup();
-            let blocks = num.blocks(&rec(), &r.blocks, price_cap, price_floor, price_cap)?;
+            let blocks = num.blocks(&rec, &r.blocks, price_cap, price_floor, price_cap)?;
             flex_requirements.push(FlexRequirement {
                 id: r.id.clone(),
                 account: r
@@ -675,7 +685,7 @@ impl Market {
             }
             let rec = || format!("flex offer {:?}", f.id);
             let node = node_of(&rec, &f.node)?;
-            let blocks = num.blocks(&rec(), &f.blocks, price_floor, price_floor, price_cap)?;
+            let blocks = num.blocks(&rec, &f.blocks, price_floor, price_floor, price_cap)?;
             let device = device_of(rec(), &f.device, node)?;
             flex_offers.push(FlexOffer {
                 id: f.id.clone(),
@@ -782,67 +792,82 @@ fn check_id(kind: &'static str, id: &str) -> Result<(), MarketError> {
     Ok(())
 }
 
-/// Scale checks for numbers, strict or rounding.
+/// Scale checks for numbers, strict or rounding. Record and field names are built only when
+/// something is wrong (validation runs over millions of blocks).
 struct Numbers {
     round: bool,
+}
+
+type Name<'a> = &'a dyn Fn() -> String;
+
+fn bad(record: Name<'_>, field: Name<'_>, reason: String) -> MarketError {
+    MarketError::BadNumber {
+        record: record(),
+        field: field(),
+        reason,
+    }
 }
 
 impl Numbers {
     fn scaled(
         &self,
-        record: &str,
-        field: &str,
+        record: Name<'_>,
+        field: Name<'_>,
         v: Decimal,
         scale: u32,
     ) -> Result<Decimal, MarketError> {
-        let n = v.normalize();
-        if n.scale() > scale && !self.round {
-            return Err(MarketError::BadNumber {
-                record: record.to_string(),
-                field: field.to_string(),
-                reason: format!("{v} has more than {scale} decimal places"),
-            });
+        if v.scale() > scale {
+            let n = v.normalize();
+            if n.scale() > scale && !self.round {
+                return Err(bad(
+                    record,
+                    field,
+                    format!("{v} has more than {scale} decimal places"),
+                ));
+            }
+            return Ok(crate::units::round_at(n, scale));
         }
-        Ok(crate::units::round_at(n, scale))
+        let mut d = v;
+        d.rescale(scale);
+        if d.is_zero() {
+            d.set_sign_positive(true);
+        }
+        Ok(d)
     }
 
-    fn price(&self, record: &str, field: &str, p: Decimal) -> Result<Decimal, MarketError> {
+    fn price(&self, record: Name<'_>, field: Name<'_>, p: Decimal) -> Result<Decimal, MarketError> {
         if p.abs() > PRICE_ABS_MAX {
-            return Err(MarketError::BadNumber {
-                record: record.to_string(),
-                field: field.to_string(),
-                reason: format!("{p} exceeds {PRICE_ABS_MAX} in magnitude"),
-            });
+            return Err(bad(
+                record,
+                field,
+                format!("{p} exceeds {PRICE_ABS_MAX} in magnitude"),
+            ));
         }
         self.scaled(record, field, p, PRICE_SCALE)
     }
 
     fn quantity_nonneg(
         &self,
-        record: &str,
-        field: &str,
+        record: Name<'_>,
+        field: Name<'_>,
         q: Decimal,
     ) -> Result<Decimal, MarketError> {
         if q.is_sign_negative() && !q.is_zero() {
-            return Err(MarketError::BadNumber {
-                record: record.to_string(),
-                field: field.to_string(),
-                reason: format!("{q} is negative"),
-            });
+            return Err(bad(record, field, format!("{q} is negative")));
         }
         if q > QUANTITY_ABS_MAX {
-            return Err(MarketError::BadNumber {
-                record: record.to_string(),
-                field: field.to_string(),
-                reason: format!("{q} exceeds {QUANTITY_ABS_MAX}"),
-            });
+            return Err(bad(
+                record,
+                field,
+                format!("{q} exceeds {QUANTITY_ABS_MAX}"),
+            ));
         }
         self.scaled(record, field, q, QUANTITY_SCALE)
     }
 
     fn blocks(
         &self,
-        record: &str,
+        record: Name<'_>,
         blocks: &[BlockSpec],
         must_take_price: Decimal,
         floor: Decimal,
@@ -850,7 +875,7 @@ impl Numbers {
     ) -> Result<Vec<Block>, MarketError> {
         if blocks.is_empty() || blocks.len() > BLOCKS_PER_ORDER_MAX {
             return Err(MarketError::BlockCount {
-                record: record.to_string(),
+                record: record(),
                 count: blocks.len(),
             });
         }
@@ -858,28 +883,22 @@ impl Numbers {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let field = format!("blocks[{i}].quantity");
-                let quantity = self.quantity_nonneg(record, &field, b.quantity)?;
+                let qfield = || format!("blocks[{i}].quantity");
+                let quantity = self.quantity_nonneg(record, &qfield, b.quantity)?;
                 if quantity.is_zero() {
-                    return Err(MarketError::BadNumber {
-                        record: record.to_string(),
-                        field,
-                        reason: "is zero".into(),
-                    });
+                    return Err(bad(record, &qfield, "is zero".into()));
                 }
                 let (price, must_take) = match b.price {
                     None => (must_take_price, true),
                     Some(p) => {
-                        let field = format!("blocks[{i}].price");
-                        let p = self.price(record, &field, p)?;
+                        let pfield = || format!("blocks[{i}].price");
+                        let p = self.price(record, &pfield, p)?;
                         if p < floor || p > cap {
-                            return Err(MarketError::BadNumber {
-                                record: record.to_string(),
-                                field,
-                                reason: format!(
-                                    "{p} outside the price floor {floor} and cap {cap}"
-                                ),
-                            });
+                            return Err(bad(
+                                record,
+                                &pfield,
+                                format!("{p} outside the price floor {floor} and cap {cap}"),
+                            ));
                         }
                         (p, false)
                     }
