@@ -201,6 +201,10 @@ struct ResultOut<'a> {
     orders: Vec<OrderOut<'a>>,
     lines: Vec<LineOut<'a>>,
     relaxations: Vec<RelaxOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    flex_requirements: Vec<FlexReqOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    flex_offers: Vec<FlexOfferOut<'a>>,
     settlement: SettlementOut<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timings_s: Option<serde_json::Value>,
@@ -235,6 +239,21 @@ struct RelaxOut<'a> {
     id: &'a str,
     quantity: Num,
     penalty: Num,
+}
+
+#[derive(Serialize)]
+struct FlexReqOut<'a> {
+    id: &'a str,
+    price: Num,
+    procured: Num,
+    accepted: Vec<Num>,
+}
+
+#[derive(Serialize)]
+struct FlexOfferOut<'a> {
+    id: &'a str,
+    accepted: Vec<Num>,
+    accepted_total: Num,
 }
 
 #[derive(Serialize)]
@@ -311,6 +330,25 @@ pub fn write_result(
                 id: &r.id,
                 quantity: num(r.quantity),
                 penalty: num(r.penalty),
+            })
+            .collect(),
+        flex_requirements: clearing
+            .flex_requirements
+            .iter()
+            .map(|r| FlexReqOut {
+                id: &r.id,
+                price: num(r.price),
+                procured: num(r.procured),
+                accepted: r.accepted.iter().map(|&a| num(a)).collect(),
+            })
+            .collect(),
+        flex_offers: clearing
+            .flex_offers
+            .iter()
+            .map(|o| FlexOfferOut {
+                id: &o.id,
+                accepted: o.accepted.iter().map(|&a| num(a)).collect(),
+                accepted_total: num(o.accepted_total),
             })
             .collect(),
         settlement: SettlementOut {

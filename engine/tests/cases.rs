@@ -593,3 +593,21 @@ orders = [
         ]
     );
 }
+
+#[test]
+fn two_node_teaching_scenario_matches_its_worked_comment() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scenarios/two-node.toml"
+    ))
+    .unwrap();
+    let m = market(&text);
+    let c = clear(&m);
+    assert_eq!((price(&c, "A"), price(&c, "B")), (dec!(0.30), dec!(0.35)));
+    assert_eq!(fill(&c, "feeder/import"), dec!(20));
+    assert_eq!(flow(&c, "A-B"), dec!(60));
+    assert_eq!(c.flex_requirements[0].procured, dec!(0));
+    assert_eq!(c.flex_requirements[0].price, dec!(0.20));
+    let b = balances(&m, &c);
+    assert_eq!(b["network-operator"], dec!(0.25));
+}

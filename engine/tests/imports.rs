@@ -63,7 +63,11 @@ fn case33bw_applies_the_trailing_unit_conversions() {
     assert_eq!(d2.blocks[0].quantity, dec!(0.1));
     // x: 0.0470 Ω / (12.66 kV² / 10 MVA) = 0.00293244… p.u.
     let l1 = &spec.lines[0];
-    assert!((l1.x - dec!(0.0029324)).abs() < dec!(0.0000001), "x = {}", l1.x);
+    assert!(
+        (l1.x - dec!(0.0029324)).abs() < dec!(0.0000001),
+        "x = {}",
+        l1.x
+    );
     // The five open tie switches are not lines.
     assert_eq!(spec.lines.len(), 32);
 }
@@ -88,7 +92,11 @@ fn active_set_equals_the_whole_lp_on_case118_with_a_large_book() {
     let mut s = 118u64;
     for i in 0..6000 {
         let node = nodes[(rng(&mut s) % nodes.len() as u64) as usize].clone();
-        let side = if rng(&mut s) % 2 == 0 { Side::Buy } else { Side::Sell };
+        let side = if rng(&mut s) % 2 == 0 {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
         let blocks = (0..1 + rng(&mut s) % 3)
             .map(|_| BlockSpec {
                 quantity: Decimal::new(1 + (rng(&mut s) % 50) as i64, 1),
@@ -117,8 +125,16 @@ fn active_set_equals_the_whole_lp_on_case118_with_a_large_book() {
     // Same optimum. Fills may differ only between blocks at their node's price, so compare
     // welfare (exactly, up to rounding of marginal blocks) and the congestion pattern.
     let diff = (full.welfare - act.welfare).abs();
-    assert!(diff <= dec!(0.0001), "welfare {} vs {}", full.welfare, act.welfare);
-    assert!(full.lines.iter().any(|l| l.congested), "the book congests the network");
+    assert!(
+        diff <= dec!(0.0001),
+        "welfare {} vs {}",
+        full.welfare,
+        act.welfare
+    );
+    assert!(
+        full.lines.iter().any(|l| l.congested),
+        "the book congests the network"
+    );
     // Both satisfy the fill rule at their own prices (checked inside clear_with), and the
     // method is deterministic.
     let (again, _) = clear_with(&m, Method::ActiveSet { band: None }).unwrap();
