@@ -92,7 +92,7 @@ fn active_set_equals_the_whole_lp_on_case118_with_a_large_book() {
     let mut s = 118u64;
     for i in 0..6000 {
         let node = nodes[(rng(&mut s) % nodes.len() as u64) as usize].clone();
-        let side = if rng(&mut s) % 2 == 0 {
+        let side = if rng(&mut s).is_multiple_of(2) {
             Side::Buy
         } else {
             Side::Sell
