@@ -1,0 +1,164 @@
+//! Ledger benchmark harness (`cargo bench -p baton-benches --bench ledger`). Prints figures;
+//! asserts nothing about speed.
+//!
+//! Env: `BATON_BENCH_ENTRIES` (default 200,000), `BATON_BENCH_BATCH` (default 10,000),
+//! `BATON_TEST_POSTGRES_URL` to include PostgreSQL (a fresh schema is created and dropped).
+
+use std::time::Instant;
+
+use baton_ledger::audit::{self, VerifyOptions};
+use baton_ledger::{
+    Ledger, NewEntry, OperatorKey, ParticipantBody, ParticipantStatus, SignedMessageBody,
+};
+use ed25519_dalek::{Signer, SigningKey};
+
+const ORIGIN: &str = "bench.baton/ledger";
+/// Participants whose signed orders fill the ledger.
+const PARTICIPANTS: usize = 100;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Pre-signed batches: participant signing is the participants' work, not the ledger's.
+fn build_batches(entries: usize, batch: usize) -> (Vec<Vec<NewEntry>>, usize) {
+    let keys: Vec<SigningKey> = (0..PARTICIPANTS)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let mut all: Vec<NewEntry> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            NewEntry::participant(&ParticipantBody {
+                details: None,
+                participant_id: format!("p{i}"),
+                public_key: k.verifying_key().to_bytes(),
+                status: ParticipantStatus::Active,
+            })
+        })
+        .collect();
+    let mut body_bytes = 0usize;
+    for n in 0..entries.saturating_sub(PARTICIPANTS) {
+        let p = n % PARTICIPANTS;
+        // A compact signed order payload (binary in production; ~30 bytes here).
+        let payload = format!("o{n}|n7|b|42.17|1.500").into_bytes();
+        let body = SignedMessageBody {
+            order_id: None,
+            participant_id: format!("p{p}"),
+            signature: keys[p].sign(&payload).to_bytes(),
+            payload,
+        };
+        let e = NewEntry::order(Some(1_700_000_000), &body);
+        body_bytes += e.body.len();
+        all.push(e);
+    }
+    let avg = body_bytes / entries.saturating_sub(PARTICIPANTS).max(1);
+    let mut batches = Vec::new();
+    let mut it = all.into_iter().peekable();
+    while it.peek().is_some() {
+        batches.push(it.by_ref().take(batch).collect());
+    }
+    (batches, avg)
+}
+
+async fn run(name: &str, url: &str, entries: usize, batch: usize) {
+    let (batches, avg) = build_batches(entries, batch);
+    let key = OperatorKey::from_seed(&[9; 32]);
+    let public = key.public_key();
+    let ledger = Ledger::open(url)
+        .await
+        .expect("open")
+        .with_operator(key, ORIGIN)
+        .expect("origin");
+    let n: usize = batches.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    for b in batches {
+        ledger.append(b).await.expect("append");
+    }
+    let append_s = t.elapsed().as_secs_f64();
+    println!(
+        "{name}: append {n} entries (avg body {avg} B) in batches of {batch}: {:.2} s = {:.0} entries/s",
+        append_s,
+        n as f64 / append_s
+    );
+    ledger.close().await;
+
+    let t = Instant::now();
+    let r = audit::verify_with(
+        url,
+        &public,
+        None,
+        VerifyOptions {
+            participant_signatures: false,
+        },
+    )
+    .await
+    .expect("verify");
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{name}: verify chain + Merkle + operator signatures: {:.2} s = {:.0} entries/s ({} checkpoints)",
+        s,
+        r.entries as f64 / s,
+        r.checkpoints
+    );
+    let t = Instant::now();
+    let r = audit::verify(url, &public, None).await.expect("verify");
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{name}: verify with participant signatures (batch {}): {:.2} s = {:.0} entries/s ({} signatures)",
+        audit::SIGNATURE_BATCH_MAX,
+        s,
+        r.entries as f64 / s,
+        r.participant_signatures
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let entries = env_usize("BATON_BENCH_ENTRIES", 200_000);
+    let batch = env_usize("BATON_BENCH_BATCH", 10_000);
+    // One worker thread: the figures are for one core of ledger work (sqlx's SQLite driver
+    // still runs each connection on its own thread).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        run("sqlite", &url, entries, batch).await;
+
+        match std::env::var("BATON_TEST_POSTGRES_URL") {
+            Err(_) => println!("postgres: skipped (BATON_TEST_POSTGRES_URL unset)"),
+            Ok(base) => {
+                let schema = format!("bench_{}", hex::encode(rand::random::<[u8; 4]>()));
+                let admin = sqlx_exec(&base, &format!("CREATE SCHEMA {schema}")).await;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                run("postgres", &url, entries, batch).await;
+                if admin {
+                    sqlx_exec(&base, &format!("DROP SCHEMA {schema} CASCADE")).await;
+                }
+            }
+        }
+    });
+}
+
+async fn sqlx_exec(url: &str, sql: &str) -> bool {
+    let Ok(pool) = sqlx::PgPool::connect(url).await else {
+        return false;
+    };
+    let ok = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .is_ok();
+    pool.close().await;
+    ok
+}
