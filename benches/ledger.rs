@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use baton_ledger::audit::{self, VerifyOptions};
+use baton_ledger::entry::{entry_hash, EntryKind};
 use baton_ledger::{
     Ledger, NewEntry, OperatorKey, ParticipantBody, ParticipantStatus, SignedMessageBody,
 };
@@ -15,6 +16,40 @@ use ed25519_dalek::{Signer, SigningKey};
 const ORIGIN: &str = "bench.baton/ledger";
 /// Participants whose signed orders fill the ledger.
 const PARTICIPANTS: usize = 100;
+
+/// CPU seconds (user + system, all threads) this process has used: the machine is shared, so
+/// wall-clock rates understate what the code does on an idle core. Linux only; 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on every Linux we run on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Wall and CPU time of one phase.
+struct Timer(Instant, f64);
+
+impl Timer {
+    fn start() -> Self {
+        Timer(Instant::now(), cpu_seconds())
+    }
+
+    /// "X s wall = N/s; Y s CPU = M/s".
+    fn report(&self, n: u64) -> String {
+        let wall = self.0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - self.1;
+        format!(
+            "{wall:.2} s wall = {:.0} entries/s; {cpu:.2} s CPU = {:.0} entries/CPU-s",
+            n as f64 / wall,
+            n as f64 / cpu.max(1e-9)
+        )
+    }
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -68,8 +103,38 @@ fn build_batches(entries: usize, batch: usize) -> (Vec<Vec<NewEntry>>, usize) {
     (batches, avg)
 }
 
+/// Per-entry CPU costs of the pieces of append and verify, without any database.
+fn components(batches: &[Vec<NewEntry>]) {
+    let orders: Vec<&NewEntry> = batches
+        .iter()
+        .flatten()
+        .filter(|e| e.kind == EntryKind::Order)
+        .collect();
+    let n = orders.len() as u64;
+    let t = Timer::start();
+    for e in &orders {
+        std::hint::black_box(SignedMessageBody::from_bytes(EntryKind::Order, &e.body).unwrap());
+    }
+    println!(
+        "component: parse + canonical check of order bodies: {}",
+        t.report(n)
+    );
+    let t = Timer::start();
+    let mut prev = [0u8; 32];
+    let mut frontier = baton_ledger::merkle::Frontier::new();
+    for (i, e) in orders.iter().enumerate() {
+        prev = entry_hash(&prev, i as u64 + 1, "order", e.interval_start, &e.body);
+        frontier.push(&prev);
+    }
+    std::hint::black_box(frontier.root());
+    println!("component: chain hash + Merkle frontier: {}", t.report(n));
+}
+
 async fn run(name: &str, url: &str, entries: usize, batch: usize) {
     let (batches, avg) = build_batches(entries, batch);
+    if name == "sqlite" {
+        components(&batches);
+    }
     let key = OperatorKey::from_seed(&[9; 32]);
     let public = key.public_key();
     let ledger = Ledger::open(url)
@@ -78,19 +143,17 @@ async fn run(name: &str, url: &str, entries: usize, batch: usize) {
         .with_operator(key, ORIGIN)
         .expect("origin");
     let n: usize = batches.iter().map(Vec::len).sum();
-    let t = Instant::now();
+    let t = Timer::start();
     for b in batches {
         ledger.append(b).await.expect("append");
     }
-    let append_s = t.elapsed().as_secs_f64();
     println!(
-        "{name}: append {n} entries (avg body {avg} B) in batches of {batch}: {:.2} s = {:.0} entries/s",
-        append_s,
-        n as f64 / append_s
+        "{name}: append {n} entries (avg body {avg} B) in batches of {batch}: {}",
+        t.report(n as u64)
     );
     ledger.close().await;
 
-    let t = Instant::now();
+    let t = Timer::start();
     let r = audit::verify_with(
         url,
         &public,
@@ -101,22 +164,18 @@ async fn run(name: &str, url: &str, entries: usize, batch: usize) {
     )
     .await
     .expect("verify");
-    let s = t.elapsed().as_secs_f64();
     println!(
-        "{name}: verify chain + Merkle + operator signatures: {:.2} s = {:.0} entries/s ({} checkpoints)",
-        s,
-        r.entries as f64 / s,
-        r.checkpoints
+        "{name}: verify chain + Merkle + operator signatures ({} checkpoints): {}",
+        r.checkpoints,
+        t.report(r.entries)
     );
-    let t = Instant::now();
+    let t = Timer::start();
     let r = audit::verify(url, &public, None).await.expect("verify");
-    let s = t.elapsed().as_secs_f64();
     println!(
-        "{name}: verify with participant signatures (batch {}): {:.2} s = {:.0} entries/s ({} signatures)",
+        "{name}: verify with {} participant signatures (batches of {}): {}",
+        r.participant_signatures,
         audit::SIGNATURE_BATCH_MAX,
-        s,
-        r.entries as f64 / s,
-        r.participant_signatures
+        t.report(r.entries)
     );
 }
 

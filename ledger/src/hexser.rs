@@ -10,14 +10,14 @@ pub(crate) mod array {
         bytes: &[u8; N],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
+        s.serialize_str(&super::encode(bytes))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
         d: D,
     ) -> Result<[u8; N], D::Error> {
-        let s = String::deserialize(d)?;
-        super::decode_array(&s).map_err(serde::de::Error::custom)
+        let s = <&str>::deserialize(d)?;
+        super::decode_array(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -26,12 +26,12 @@ pub(crate) mod vec {
     use super::*;
 
     pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
+        s.serialize_str(&super::encode(bytes))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        super::decode_lower(&s).map_err(serde::de::Error::custom)
+        let s = <&str>::deserialize(d)?;
+        super::decode_lower(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -43,7 +43,7 @@ pub(crate) mod hash_list {
     pub(crate) fn serialize<S: Serializer>(hashes: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(hashes.len()))?;
         for h in hashes {
-            seq.serialize_element(&hex::encode(h))?;
+            seq.serialize_element(&super::encode(h))?;
         }
         seq.end()
     }
@@ -56,17 +56,66 @@ pub(crate) mod hash_list {
     }
 }
 
-/// Decodes lowercase hex only: uppercase would be a second spelling of the same bytes, which
-/// canonical bodies forbid.
-pub(crate) fn decode_lower(s: &str) -> Result<Vec<u8>, String> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err("hex must be lowercase".to_string());
+/// Lowercase hex. A table lookup per nibble: `hex::encode` builds the string char by char,
+/// which showed up in profiles of append and verify (every order body is hex-heavy).
+pub(crate) fn encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
     }
-    hex::decode(s).map_err(|e| format!("invalid hex: {e}"))
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Nibble value of each byte, or 0xff for anything but `0-9a-f`.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes lowercase hex only: uppercase would be a second spelling of the same bytes, which
+/// canonical bodies forbid. Table-driven for the same reason as [`encode`].
+pub(crate) fn decode_lower(s: &str) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return Err("hex has an odd number of digits".to_string());
+    }
+    let mut out = Vec::with_capacity(b.len() / 2);
+    for pair in b.chunks_exact(2) {
+        let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        if (hi | lo) == 0xff {
+            return Err("hex must be lowercase 0-9a-f digits".to_string());
+        }
+        out.push((hi << 4) | lo);
+    }
+    Ok(out)
 }
 
 pub(crate) fn decode_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let v = decode_lower(s)?;
     <[u8; N]>::try_from(v.as_slice())
         .map_err(|_| format!("expected {N} bytes of hex, got {}", v.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encode_matches_the_hex_crate() {
+        let v: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::encode(&v), hex::encode(&v));
+        assert_eq!(super::decode_lower(&super::encode(&v)).unwrap(), v);
+        assert!(super::decode_lower("abc").is_err());
+        assert!(super::decode_lower("AB").is_err());
+    }
 }

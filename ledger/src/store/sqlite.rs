@@ -19,6 +19,10 @@ use crate::error::{LedgerError, Result};
 /// How long a writer waits for another writer's transaction before giving up with a conflict.
 /// Interval batches commit in well under a second; 30 s only trips if a writer is stuck.
 const BUSY_TIMEOUT_S: u64 = 30;
+/// Rows the SQLite worker thread may queue ahead of the reader. sqlx's default of 50 makes the
+/// worker and the reader hand over (futex + wakeup) every few rows; a full page fits here, which
+/// measured ~2× faster scans in `audit::verify`.
+const ROW_CHANNEL_ROWS: usize = super::ENTRIES_PER_PAGE_MAX as usize;
 /// Pool size: SQLite has one writer anyway; a few readers serve the live API.
 const POOL_CONNECTIONS_MAX: u32 = 4;
 
@@ -30,7 +34,8 @@ pub(crate) async fn connect(url: &str, mode: OpenMode) -> Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(BUSY_TIMEOUT_S));
+        .busy_timeout(Duration::from_secs(BUSY_TIMEOUT_S))
+        .row_buffer_size(ROW_CHANNEL_ROWS);
     let pool = SqlitePoolOptions::new()
         .max_connections(POOL_CONNECTIONS_MAX)
         .connect_with(opts)

@@ -17,8 +17,10 @@ const SETTLEMENTS_PER_INTERVAL: u64 = 2_998;
 const ENTRIES_PER_INTERVAL: u64 = SETTLEMENTS_PER_INTERVAL + 2;
 /// Intervals the child writes at most (it is killed long before).
 const CHILD_INTERVALS_MAX: i64 = 10_000;
-/// Complete intervals to wait for before killing the child.
-const INTERVALS_BEFORE_KILL: u64 = 3;
+/// Complete intervals to wait for (per round) before killing the child.
+const INTERVALS_BEFORE_KILL: u64 = 2;
+/// Spawn-and-kill rounds: each kill lands at a different point of a batch.
+const KILL_ROUNDS: u64 = 3;
 /// Give up waiting for the child after this long.
 const CHILD_WAIT_S: u64 = 120;
 
@@ -31,7 +33,9 @@ fn crash_child() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let l = common::writer(&url).await;
-        for i in 0..CHILD_INTERVALS_MAX {
+        // Continue after the intervals earlier children completed.
+        let done = l.head().await.unwrap().map_or(0, |h| h.seq) / ENTRIES_PER_INTERVAL;
+        for i in done as i64..CHILD_INTERVALS_MAX {
             l.append(interval_batch(i * 300, SETTLEMENTS_PER_INTERVAL))
                 .await
                 .unwrap();
@@ -42,44 +46,50 @@ fn crash_child() {
 async fn killed_writer_leaves_only_whole_intervals(db: &TestDb) {
     // Create the schema first so the child never races the migration.
     Ledger::open(&db.url).await.unwrap().close().await;
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash::crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &db.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let reader = Ledger::open_existing(&db.url).await.unwrap();
-    let start = Instant::now();
-    loop {
-        let seq = reader.head().await.unwrap().map_or(0, |h| h.seq);
-        if seq >= INTERVALS_BEFORE_KILL * ENTRIES_PER_INTERVAL {
-            break;
+    for round in 0..KILL_ROUNDS {
+        let before = reader.head().await.unwrap().map_or(0, |h| h.seq);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &db.url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            let seq = reader.head().await.unwrap().map_or(0, |h| h.seq);
+            if seq >= before + INTERVALS_BEFORE_KILL * ENTRIES_PER_INTERVAL {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(CHILD_WAIT_S),
+                "round {round}: child wrote only {seq} entries"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "child exited early");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(CHILD_WAIT_S),
-            "child wrote only {seq} entries"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "child exited early");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Land the kill at a varying point inside the next batch's transaction.
+        let jitter: u64 = rand::random::<u64>() % 150;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        audit::verify(&db.url, &operator().public_key(), None)
+            .await
+            .unwrap_or_else(|f| panic!("round {round}: {f}"));
     }
-    // Land the kill at a varying point inside the next batch's transaction.
-    let jitter: u64 = rand::random::<u64>() % 150;
-    tokio::time::sleep(Duration::from_millis(jitter)).await;
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
     reader.close().await;
 
     let report = audit::verify(&db.url, &operator().public_key(), None)
         .await
         .unwrap();
     assert_eq!(report.entries % ENTRIES_PER_INTERVAL, 0, "{report}");
-    assert!(report.intervals >= INTERVALS_BEFORE_KILL);
+    assert!(report.intervals >= KILL_ROUNDS * INTERVALS_BEFORE_KILL);
     let l = Ledger::open_existing(&db.url).await.unwrap();
     let mut per_interval: BTreeMap<i64, u64> = BTreeMap::new();
     let mut next = 1;
