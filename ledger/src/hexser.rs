@@ -88,7 +88,7 @@ const NIBBLE: [u8; 256] = {
 /// canonical bodies forbid. Table-driven for the same reason as [`encode`].
 pub(crate) fn decode_lower(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err("hex has an odd number of digits".to_string());
     }
     let mut out = Vec::with_capacity(b.len() / 2);
