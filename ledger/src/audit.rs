@@ -96,7 +96,10 @@ pub enum FailureReason {
         next: Option<u64>,
     },
     /// `prev_hash` differs from the previous entry's hash.
-    ChainBroken,
+    ChainBroken {
+        /// The previous entry's seq (0: the genesis value, 32 zero bytes).
+        previous: u64,
+    },
     /// The stored hash differs from the hash of the entry's contents.
     HashMismatch,
     /// The kind string is unknown.
@@ -159,9 +162,13 @@ impl fmt::Display for FailureReason {
             Storage(e) => write!(f, "cannot read the ledger: {e}"),
             Missing { next: Some(n) } => write!(f, "entry missing (next stored entry is {n})"),
             Missing { next: None } => write!(f, "entry missing (the ledger ends before it)"),
-            ChainBroken => write!(
+            ChainBroken { previous: 0 } => write!(
                 f,
-                "hash chain broken (prev_hash does not match the previous entry)"
+                "hash chain broken (prev_hash of the first entry is not 32 zero bytes)"
+            ),
+            ChainBroken { previous } => write!(
+                f,
+                "hash chain broken (prev_hash does not match entry {previous})"
             ),
             HashMismatch => write!(f, "stored hash does not match the entry's contents"),
             UnknownKind(k) => write!(f, "unknown entry kind {k:?}"),
@@ -277,32 +284,73 @@ struct PendingSig {
     sig: Signature,
 }
 
-/// Verifies the queued participant signatures; returns the first bad one.
-fn flush_sigs(pending: &mut Vec<PendingSig>) -> Result<(), VerifyFailure> {
-    if pending.is_empty() {
+/// Verifies one batch of participant signatures; returns the first bad one.
+fn check_batch(batch: &[PendingSig]) -> Result<(), VerifyFailure> {
+    if batch.is_empty() {
         return Ok(());
     }
-    let msgs: Vec<&[u8]> = pending.iter().map(|p| p.msg.as_slice()).collect();
-    let sigs: Vec<Signature> = pending.iter().map(|p| p.sig).collect();
-    let keys: Vec<VerifyingKey> = pending.iter().map(|p| p.key).collect();
-    let batch_ok = ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
-    let result = if batch_ok {
-        Ok(())
-    } else {
-        // Find the first culprit with the strict single check.
-        match pending
-            .iter()
-            .find(|p| p.key.verify_strict(&p.msg, &p.sig).is_err())
-        {
-            Some(p) => fail(
-                p.seq,
-                FailureReason::BadParticipantSignature(p.participant.clone()),
-            ),
-            None => Ok(()),
+    let msgs: Vec<&[u8]> = batch.iter().map(|p| p.msg.as_slice()).collect();
+    let sigs: Vec<Signature> = batch.iter().map(|p| p.sig).collect();
+    let keys: Vec<VerifyingKey> = batch.iter().map(|p| p.key).collect();
+    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    // Find the first culprit with the strict single check.
+    match batch
+        .iter()
+        .find(|p| p.key.verify_strict(&p.msg, &p.sig).is_err())
+    {
+        Some(p) => fail(
+            p.seq,
+            FailureReason::BadParticipantSignature(p.participant.clone()),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Participant signature batches being verified on blocking threads while the scan goes on.
+/// Bounds memory at about this many batches of [`SIGNATURE_BATCH_MAX`] signatures.
+const SIGNATURE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// Queues participant signatures, verifies full batches off the scanning task, and reports
+/// failures in seq order.
+#[derive(Default)]
+struct SigQueue {
+    pending: Vec<PendingSig>,
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<Result<(), VerifyFailure>>>,
+}
+
+impl SigQueue {
+    async fn push(&mut self, sig: PendingSig) -> Result<(), VerifyFailure> {
+        self.pending.push(sig);
+        if self.pending.len() >= SIGNATURE_BATCH_MAX {
+            let batch = std::mem::take(&mut self.pending);
+            self.in_flight
+                .push_back(tokio::task::spawn_blocking(move || check_batch(&batch)));
+            if self.in_flight.len() > SIGNATURE_BATCHES_IN_FLIGHT_MAX {
+                // Batches complete in order of submission, so the first failure seen is the
+                // earliest bad signature.
+                let oldest = self.in_flight.pop_front().expect("non-empty");
+                oldest.await.map_err(storage)??;
+            }
         }
-    };
-    pending.clear();
-    result
+        Ok(())
+    }
+
+    /// Waits for every queued signature with seq below `before` and reports the first bad one.
+    async fn drain(&mut self, before: u64) -> Result<(), VerifyFailure> {
+        while let Some(h) = self.in_flight.pop_front() {
+            match h.await.map_err(storage)? {
+                Err(f) if f.seq < before => return Err(f),
+                _ => {}
+            }
+        }
+        let rest: Vec<PendingSig> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|p| p.seq < before)
+            .collect();
+        check_batch(&rest)
+    }
 }
 
 impl Ledger {
@@ -314,19 +362,15 @@ impl Ledger {
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyFailure> {
         let mut reader = self.reader().await.map_err(storage)?;
-        let mut pending: Vec<PendingSig> = Vec::new();
-        let result = run_verify(&mut reader, operator, published, opts, &mut pending).await;
+        let mut sigs = SigQueue::default();
+        let result = run_verify(&mut reader, operator, published, opts, &mut sigs).await;
         let _ = reader.finish().await;
         match result {
             Ok(report) => Ok(report),
             Err(failure) => {
                 // Signatures still queued belong to entries before the failure: report the
                 // earliest problem.
-                let mut earlier: Vec<PendingSig> = pending
-                    .into_iter()
-                    .filter(|p| p.seq < failure.seq)
-                    .collect();
-                flush_sigs(&mut earlier)?;
+                sigs.drain(failure.seq).await?;
                 Err(failure)
             }
         }
@@ -338,7 +382,7 @@ async fn run_verify(
     operator: &PublicKey,
     published: Option<Checkpoint>,
     opts: VerifyOptions,
-    pending: &mut Vec<PendingSig>,
+    sigs: &mut SigQueue,
 ) -> Result<VerifyReport, VerifyFailure> {
     if let Some(p) = &published {
         p.verify(operator).map_err(|e| VerifyFailure {
@@ -391,7 +435,7 @@ async fn run_verify(
                 );
             }
             if raw.prev_hash.as_slice() != prev_hash.as_slice() {
-                return fail(seq, FailureReason::ChainBroken);
+                return fail(seq, FailureReason::ChainBroken { previous: seq - 1 });
             }
             let hash = entry_hash(&prev_hash, seq, &raw.kind, raw.interval_start, &raw.body);
             if raw.hash.as_slice() != hash.as_slice() {
@@ -426,17 +470,15 @@ async fn run_verify(
                         return fail(seq, FailureReason::ParticipantSuspended(m.participant_id));
                     }
                     if opts.participant_signatures {
-                        pending.push(PendingSig {
+                        sigs.push(PendingSig {
                             seq,
                             participant: m.participant_id,
                             key: *key,
                             msg: m.payload,
                             sig: Signature::from_bytes(&m.signature),
-                        });
+                        })
+                        .await?;
                         sig_count += 1;
-                        if pending.len() >= SIGNATURE_BATCH_MAX {
-                            flush_sigs(pending)?;
-                        }
                     }
                 }
                 KnownBody::Settlement(s) => {
@@ -549,7 +591,7 @@ async fn run_verify(
             );
         }
     }
-    flush_sigs(pending)?;
+    sigs.drain(u64::MAX).await?;
     if let Some((&interval_start, &(sum, at))) =
         totals.iter().find(|(_, (s, _))| *s != Amount::ZERO)
     {

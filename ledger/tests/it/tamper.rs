@@ -109,8 +109,15 @@ async fn swapped_entries(db: &TestDb) {
     .await
     .unwrap();
     let f = verify(db, None).await.unwrap_err();
-    assert_eq!((f.seq, &f.reason), (3, &FailureReason::ChainBroken), "{f}");
-    assert!(f.to_string().starts_with("seq 3: hash chain broken"));
+    assert_eq!(
+        (f.seq, &f.reason),
+        (3, &FailureReason::ChainBroken { previous: 2 }),
+        "{f}"
+    );
+    assert_eq!(
+        f.to_string(),
+        "seq 3: hash chain broken (prev_hash does not match entry 2)"
+    );
 }
 dual!(swapped_entries);
 
