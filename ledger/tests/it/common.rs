@@ -70,7 +70,13 @@ impl TestDb {
 
     pub(crate) async fn postgres() -> Option<TestDb> {
         let Ok(base) = std::env::var(PG_ENV) else {
-            eprintln!("SKIPPED: {PG_ENV} unset \u{2014} PostgreSQL ledger tests did not run");
+            // Straight to the process's stderr: libtest captures `eprintln!` of passing tests,
+            // and a skipped backend must not pass silently.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {PG_ENV} unset \u{2014} PostgreSQL ledger tests did not run"
+            );
             return None;
         };
         let schema = format!("t_{}", random_suffix());
