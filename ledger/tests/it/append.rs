@@ -220,3 +220,23 @@ async fn database_rejects_update_and_delete(db: &TestDb) {
         .unwrap();
 }
 dual!(database_rejects_update_and_delete);
+
+#[tokio::test]
+async fn unsupported_urls_and_missing_files_are_errors() {
+    assert!(matches!(
+        Ledger::open("mysql://localhost/x").await.unwrap_err(),
+        LedgerError::UnsupportedUrl(_)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("absent.db").display());
+    // Auditors never create a ledger by accident.
+    assert!(Ledger::open_existing(&url).await.is_err());
+    let f = audit::verify(&url, &operator().public_key(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(f.seq, 0);
+    assert!(
+        f.to_string().starts_with("ledger: cannot read the ledger"),
+        "{f}"
+    );
+}
