@@ -17,7 +17,7 @@ use crate::error::{LedgerError, Result};
 use crate::key::PublicKey;
 use crate::ledger::Ledger;
 use crate::merkle::{self, Frontier};
-use crate::store::{PostingRow, Reader, ENTRIES_PER_PAGE_MAX};
+use crate::store::{hash_col_bytes, PostingRow, Reader, ENTRIES_PER_PAGE_MAX};
 
 /// Participant signatures verified per `ed25519_dalek::verify_batch` call. Batch throughput
 /// rises with size (61k/s at 16, 91k/s at 1,024 on one core); beyond ~1,024 the gain is small
@@ -434,16 +434,22 @@ async fn run_verify(
                     },
                 );
             }
-            if raw.prev_hash.as_slice() != prev_hash.as_slice() {
+            if raw.prev_hash.as_ref() != Ok(&prev_hash) {
                 return fail(seq, FailureReason::ChainBroken { previous: seq - 1 });
             }
-            let hash = entry_hash(&prev_hash, seq, &raw.kind, raw.interval_start, &raw.body);
-            if raw.hash.as_slice() != hash.as_slice() {
+            let hash = entry_hash(
+                &prev_hash,
+                seq,
+                raw.kind_str(),
+                raw.interval_start,
+                &raw.body,
+            );
+            if raw.hash.as_ref() != Ok(&hash) {
                 return fail(seq, FailureReason::HashMismatch);
             }
-            let kind: EntryKind = match raw.kind.parse() {
+            let kind: EntryKind = match raw.kind {
                 Ok(k) => k,
-                Err(_) => return fail(seq, FailureReason::UnknownKind(raw.kind)),
+                Err(unknown) => return fail(seq, FailureReason::UnknownKind(unknown)),
             };
             frontier.push(&hash);
             prev_hash = hash;
@@ -854,10 +860,10 @@ impl Ledger {
                         let body_json = serde_json::from_slice::<serde_json::Value>(&raw.body).ok();
                         let mut line = serde_json::json!({
                             "seq": raw.seq,
-                            "kind": raw.kind,
+                            "kind": raw.kind_str(),
                             "interval_start": raw.interval_start,
-                            "prev_hash": hex::encode(&raw.prev_hash),
-                            "hash": hex::encode(&raw.hash),
+                            "prev_hash": hex::encode(hash_col_bytes(&raw.prev_hash)),
+                            "hash": hex::encode(hash_col_bytes(&raw.hash)),
                             "body_hex": hex::encode(&raw.body),
                         });
                         if let Some(v) = body_json {
@@ -870,12 +876,12 @@ impl Ledger {
                         out,
                         "{},{},{},{},{},{}",
                         raw.seq,
-                        csv_field(&raw.kind),
+                        csv_field(raw.kind_str()),
                         raw.interval_start
                             .map(|t| t.to_string())
                             .unwrap_or_default(),
-                        hex::encode(&raw.prev_hash),
-                        hex::encode(&raw.hash),
+                        hex::encode(hash_col_bytes(&raw.prev_hash)),
+                        hex::encode(hash_col_bytes(&raw.hash)),
                         hex::encode(&raw.body)
                     )?,
                 }

@@ -224,7 +224,10 @@ fn decode<T: Serialize + for<'de> Deserialize<'de>>(
         kind,
         reason: e.to_string(),
     })?;
-    if encode(&v) != bytes {
+    // Re-encode into a buffer sized like the input (no regrowth) and compare.
+    let mut again = Vec::with_capacity(bytes.len());
+    serde_json::to_writer(&mut again, &v).expect("body types always serialise");
+    if again != bytes {
         return Err(BodyError::NotCanonical { kind });
     }
     Ok(v)

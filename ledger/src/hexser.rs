@@ -10,7 +10,15 @@ pub(crate) mod array {
         bytes: &[u8; N],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::encode(bytes))
+        // Keys and signatures fit on the stack: no allocation per field.
+        let mut buf = [0u8; 128];
+        if N <= 64 {
+            let out = &mut buf[..N * 2];
+            super::encode_into(bytes, out);
+            s.serialize_str(std::str::from_utf8(out).expect("hex digits are ASCII"))
+        } else {
+            s.serialize_str(&super::encode(bytes))
+        }
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
@@ -59,13 +67,19 @@ pub(crate) mod hash_list {
 /// Lowercase hex. A table lookup per nibble: `hex::encode` builds the string char by char,
 /// which showed up in profiles of append and verify (every order body is hex-heavy).
 pub(crate) fn encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
+    let mut out = vec![0u8; bytes.len() * 2];
+    encode_into(bytes, &mut out);
     String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Writes the lowercase hex of `bytes` into `out` (exactly twice as long).
+pub(crate) fn encode_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), bytes.len() * 2);
+    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
 }
 
 /// Nibble value of each byte, or 0xff for anything but `0-9a-f`.

@@ -19,29 +19,59 @@ pub(crate) const ENTRIES_PER_PAGE_MAX: u32 = 10_000;
 /// 65,535; 1,000 rows × 6 columns stays far below both while amortising per-statement cost.
 pub(crate) const ROWS_PER_INSERT_MAX: usize = 1_000;
 
+/// A column that should hold a 32-byte hash: the array when it does (no allocation on the hot
+/// path), the raw bytes when it does not.
+pub(crate) type HashCol = std::result::Result<Hash, Vec<u8>>;
+
+pub(crate) fn hash_col(b: &[u8]) -> HashCol {
+    to_hash(b).ok_or_else(|| b.to_vec())
+}
+
+/// Bytes of a hash column, for display.
+pub(crate) fn hash_col_bytes(h: &HashCol) -> &[u8] {
+    match h {
+        Ok(a) => a,
+        Err(v) => v,
+    }
+}
+
 /// An entry as stored, before any interpretation (the verifier must see even invalid rows).
 #[derive(Debug, Clone)]
 pub(crate) struct RawEntry {
     pub(crate) seq: i64,
-    pub(crate) kind: String,
+    /// The kind, or the unknown string.
+    pub(crate) kind: std::result::Result<EntryKind, String>,
     pub(crate) interval_start: Option<i64>,
     pub(crate) body: Vec<u8>,
-    pub(crate) prev_hash: Vec<u8>,
-    pub(crate) hash: Vec<u8>,
+    pub(crate) prev_hash: HashCol,
+    pub(crate) hash: HashCol,
 }
 
 impl RawEntry {
+    pub(crate) fn kind_str(&self) -> &str {
+        match &self.kind {
+            Ok(k) => k.as_str(),
+            Err(s) => s,
+        }
+    }
+
     pub(crate) fn into_entry(self) -> Result<Entry> {
         let corrupt = |what: &str| LedgerError::Corrupt(format!("seq {}: {what}", self.seq));
         Ok(Entry {
             seq: u64::try_from(self.seq).map_err(|_| corrupt("negative seq"))?,
             kind: self
                 .kind
-                .parse::<EntryKind>()
-                .map_err(|e| corrupt(&e.to_string()))?,
+                .clone()
+                .map_err(|k| corrupt(&format!("unknown kind {k:?}")))?,
             interval_start: self.interval_start,
-            prev_hash: to_hash(&self.prev_hash).ok_or_else(|| corrupt("prev_hash not 32 bytes"))?,
-            hash: to_hash(&self.hash).ok_or_else(|| corrupt("hash not 32 bytes"))?,
+            prev_hash: self
+                .prev_hash
+                .clone()
+                .map_err(|_| corrupt("prev_hash not 32 bytes"))?,
+            hash: self
+                .hash
+                .clone()
+                .map_err(|_| corrupt("hash not 32 bytes"))?,
             body: self.body,
         })
     }

@@ -9,11 +9,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
-    amount_text_sum, to_hash, write_error, Batch, OpenMode, PostingRow, RawEntry, StoredCheckpoint,
-    ROWS_PER_INSERT_MAX,
+    amount_text_sum, hash_col, to_hash, write_error, Batch, OpenMode, PostingRow, RawEntry,
+    StoredCheckpoint, ROWS_PER_INSERT_MAX,
 };
 use crate::body::Amount;
 use crate::checkpoint::Checkpoint;
+use crate::entry::EntryKind;
 use crate::error::{LedgerError, Result};
 
 /// Pool size: one writer plus a few readers for the live API.
@@ -103,13 +104,14 @@ pub(crate) async fn write_batch(pool: &PgPool, b: &Batch<'_>) -> Result<()> {
 }
 
 fn raw_entry(r: &sqlx::postgres::PgRow) -> Result<RawEntry> {
+    let kind: &str = r.try_get(1)?;
     Ok(RawEntry {
         seq: r.try_get(0)?,
-        kind: r.try_get(1)?,
+        kind: kind.parse::<EntryKind>().map_err(|_| kind.to_string()),
         interval_start: r.try_get(2)?,
         body: r.try_get(3)?,
-        prev_hash: r.try_get(4)?,
-        hash: r.try_get(5)?,
+        prev_hash: hash_col(r.try_get::<&[u8], _>(4)?),
+        hash: hash_col(r.try_get::<&[u8], _>(5)?),
     })
 }
 
