@@ -7,6 +7,37 @@
 //! [`audit::verify`] given only the database and the operator's public key.
 //! See `ledger/DESIGN.md` for formats and guarantees.
 //!
+//! ```no_run
+//! use baton_ledger::{audit, Amount, Ledger, NewEntry, OperatorKey, Posting, SettlementBody};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = OperatorKey::load(std::path::Path::new("/etc/baton/operator.key"))?;
+//! let public = key.public_key();
+//! let ledger = Ledger::open("sqlite:///var/lib/baton/ledger.db")
+//!     .await?
+//!     .with_operator(key, "baton.example.org/ledger")?;
+//! // One interval: its result and all its payments in one transaction + checkpoint.
+//! let pay = |account: &str, minor| Posting {
+//!     account: account.into(),
+//!     amount: Amount::from_minor(minor),
+//!     memo: None,
+//! };
+//! let receipt = ledger
+//!     .append(vec![
+//!         NewEntry::new(baton_ledger::EntryKind::IntervalResult, Some(1_700_000_100), b"...".to_vec()),
+//!         NewEntry::settlement(&SettlementBody {
+//!             interval_start: 1_700_000_100,
+//!             postings: vec![pay("participant:p1", 1250), pay("participant:p2", -1250)],
+//!         }),
+//!     ])
+//!     .await?;
+//! println!("{}", receipt.checkpoint.to_note());
+//! // A regulator, later, with only the database and the public key:
+//! let report = audit::verify("sqlite:///var/lib/baton/ledger.db", &public, None).await?;
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! **Architecture Invariant:** the ledger does not depend on the clearing engine; entry bodies
 //! are bytes, except the kinds whose schema the ledger owns ([`body`]).
 //!

@@ -313,3 +313,42 @@ async fn order_from_suspended_participant(db: &TestDb) {
     assert_eq!(f.reason, FailureReason::ParticipantSuspended("p1".into()));
 }
 dual!(order_from_suspended_participant);
+
+async fn extra_postings_row(db: &TestDb) {
+    let _l = common::standard_ledger(&db.url).await;
+    db.drop_triggers().await;
+    // Seq 7 is interval 300's (opaque) input: it has no postings. Sneak a payout into the index.
+    db.raw(&[
+        "INSERT INTO postings (seq, idx, account, amount, interval_start) \
+         VALUES (7, 0, 'participant:mallory', '1000.00', 300)",
+    ])
+    .await
+    .unwrap();
+    let f = verify(db, None).await.unwrap_err();
+    assert_eq!(f.seq, 7, "{f}");
+    assert!(
+        matches!(f.reason, FailureReason::PostingsMismatch(_)),
+        "{f}"
+    );
+}
+dual!(extra_postings_row);
+
+async fn tampered_frontier_cache_stops_the_writer(db: &TestDb) {
+    let l = common::standard_ledger(&db.url).await;
+    l.close().await;
+    db.drop_triggers().await;
+    // The writer's cached Merkle frontier is not trusted: a restarted writer checks it against
+    // the signed root before extending the tree.
+    db.raw(&[&format!(
+        "UPDATE checkpoints SET frontier = {} WHERE size = 18",
+        db.blob(&[0u8; 64])
+    )])
+    .await
+    .unwrap();
+    let w = common::writer(&db.url).await;
+    let e = w.append(common::interval_batch(900, 1)).await.unwrap_err();
+    assert!(matches!(e, baton_ledger::LedgerError::Corrupt(_)), "{e}");
+    // The verifier ignores the cache: the ledger itself is intact.
+    verify(db, None).await.unwrap();
+}
+dual!(tampered_frontier_cache_stops_the_writer);
