@@ -352,3 +352,37 @@ async fn tampered_frontier_cache_stops_the_writer(db: &TestDb) {
     verify(db, None).await.unwrap();
 }
 dual!(tampered_frontier_cache_stops_the_writer);
+
+async fn operator_rewrites_history_and_re_signs(db: &TestDb) {
+    // The operator itself (holding the real key) publishes checkpoint 18 of one history…
+    let published = {
+        let other = TestDb::sqlite().await;
+        let l = common::standard_ledger(&other.url).await;
+        l.latest_checkpoint().await.unwrap().unwrap()
+    };
+    // …and later presents a ledger where interval 600's result (seq 16) is different, with
+    // every hash and checkpoint validly recomputed and re-signed.
+    let l = common::writer(&db.url).await;
+    let (p1, p2) = (Participant::new(1), Participant::new(2));
+    let mut b1 = vec![p1.admit(), p2.admit()];
+    for i in 0..4 {
+        b1.push(if i % 2 == 0 { p1.order(i) } else { p2.order(i) });
+    }
+    l.append(b1).await.unwrap();
+    l.append(common::interval_batch(300, 2)).await.unwrap();
+    let b3 = (4..8)
+        .map(|i| if i % 2 == 0 { p1.order(i) } else { p2.order(i) })
+        .collect();
+    l.append(b3).await.unwrap();
+    let mut b4 = common::interval_batch(600, 2);
+    b4[1].body = b"a more convenient result".to_vec();
+    l.append(b4).await.unwrap();
+    // Internally consistent and correctly signed…
+    verify(db, None).await.unwrap();
+    // …but not the history that was published.
+    let f = verify(db, Some(published)).await.unwrap_err();
+    assert_eq!(f.seq, 18, "{f}");
+    assert_eq!(f.reason, FailureReason::PublishedRootMismatch { size: 18 });
+    assert!(f.to_string().contains("history was rewritten"), "{f}");
+}
+dual!(operator_rewrites_history_and_re_signs);
