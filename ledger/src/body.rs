@@ -1,0 +1,459 @@
+//! Entry bodies whose schema the ledger owns, in canonical JSON.
+//!
+//! Canonical form: UTF-8 JSON as written by `serde_json::to_vec` of these types — object keys
+//! in ascending byte order (struct fields are declared sorted, free-form objects use a sorted
+//! map), no insignificant whitespace, absent optional fields omitted (never `null`), money as a
+//! decimal string with exactly [`AMOUNT_SCALE`] fraction digits and no `+` or `-0.00`, bytes as
+//! lowercase hex. A body is accepted only if decoding it and encoding it again gives the same
+//! bytes, so every value has exactly one encoding and the hash chain pins it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::entry::{EntryKind, NewEntry};
+use crate::key::PublicKey;
+
+/// Fraction digits of every [`Amount`]: currency minor units (cents). Changing it changes what
+/// every stored settlement means; don't.
+pub const AMOUNT_SCALE: u32 = 2;
+/// Longest participant id, account name, order id or memo, in bytes.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Most postings in one settlement body.
+pub const POSTINGS_PER_ENTRY_MAX: usize = 100_000;
+/// Most entries one correction may reference.
+pub const CORRECTED_SEQS_MAX: usize = 1_000;
+
+/// A body that is not valid for its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// Not JSON of the expected shape.
+    #[error("invalid {kind} body: {reason}")]
+    Invalid {
+        /// The entry kind.
+        kind: EntryKind,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Valid, but not in canonical form.
+    #[error("{kind} body is not canonical JSON")]
+    NotCanonical {
+        /// The entry kind.
+        kind: EntryKind,
+    },
+}
+
+/// Money at the fixed scale [`AMOUNT_SCALE`]; serialised as a decimal string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Amount(Decimal);
+
+/// The text is not a canonical amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid amount {0:?}: expected a decimal with exactly {AMOUNT_SCALE} fraction digits")]
+pub struct AmountError(pub String);
+
+impl Amount {
+    /// Zero.
+    pub const ZERO: Amount = Amount(Decimal::from_parts(0, 0, 0, false, AMOUNT_SCALE));
+
+    /// An amount from minor units (cents).
+    pub fn from_minor(minor: i64) -> Self {
+        Amount(Decimal::new(minor, AMOUNT_SCALE))
+    }
+
+    /// Rescales `d` to [`AMOUNT_SCALE`]; refuses values that would lose digits.
+    pub fn from_decimal(d: Decimal) -> Result<Self, AmountError> {
+        let mut r = d;
+        r.rescale(AMOUNT_SCALE);
+        if r != d {
+            return Err(AmountError(d.to_string()));
+        }
+        if r.is_zero() {
+            r.set_sign_positive(true);
+        }
+        Ok(Amount(r))
+    }
+
+    /// The value.
+    pub fn as_decimal(&self) -> Decimal {
+        self.0
+    }
+
+    /// Checked sum.
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        self.0
+            .checked_add(other.0)
+            .and_then(|d| Amount::from_decimal(d).ok())
+    }
+}
+
+impl FromStr for Amount {
+    type Err = AmountError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let d = Decimal::from_str_exact(s).map_err(|_| AmountError(s.to_string()))?;
+        let a = Amount::from_decimal(d).map_err(|_| AmountError(s.to_string()))?;
+        if a.to_string() != s {
+            return Err(AmountError(s.to_string()));
+        }
+        Ok(a)
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > NAME_BYTES_MAX || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must be 1..={NAME_BYTES_MAX} bytes without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Participant status in a `participant` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantStatus {
+    /// May submit orders.
+    Active,
+    /// May not submit orders.
+    Suspended,
+}
+
+/// Body of a `participant` entry: admission (or key rotation) and suspension.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantBody {
+    /// Opaque details (contact, node, limits…), canonicalised with sorted keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// The participant's id.
+    pub participant_id: String,
+    /// The ed25519 key that signs the participant's orders and cancellations.
+    #[serde(with = "crate::hexser::array")]
+    pub public_key: [u8; 32],
+    /// Active or suspended.
+    pub status: ParticipantStatus,
+}
+
+/// Body of an `order` or `cancel` entry: the participant-signed message byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedMessageBody {
+    /// The order id, if the operator wants it indexed; the payload is authoritative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The signer.
+    pub participant_id: String,
+    /// The exact bytes the participant signed (opaque to the ledger).
+    #[serde(with = "crate::hexser::vec")]
+    pub payload: Vec<u8>,
+    /// ed25519 signature over `payload`.
+    #[serde(with = "crate::hexser::array")]
+    pub signature: [u8; 64],
+}
+
+/// One leg of a double-entry payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Posting {
+    /// The account (e.g. `participant:p1`, `operator:congestion`).
+    pub account: String,
+    /// Signed amount: positive credits the account, negative debits it.
+    pub amount: Amount,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+}
+
+/// Body of a `settlement` entry: postings of one interval. All postings of an interval sum to
+/// exactly zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementBody {
+    /// The interval, unix seconds; equals the entry's `interval_start`.
+    pub interval_start: i64,
+    /// The postings, in order.
+    pub postings: Vec<Posting>,
+}
+
+/// Body of a `correction` entry. The corrected entries stay; this records what replaces them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionBody {
+    /// Sequence numbers of the corrected entries; each must precede the correction.
+    pub corrects: Vec<u64>,
+    /// Opaque details (e.g. the replacement values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// Why.
+    pub reason: String,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("body types always serialise")
+}
+
+fn decode<T: Serialize + for<'de> Deserialize<'de>>(
+    kind: EntryKind,
+    bytes: &[u8],
+) -> Result<T, BodyError> {
+    let v: T = serde_json::from_slice(bytes).map_err(|e| BodyError::Invalid {
+        kind,
+        reason: e.to_string(),
+    })?;
+    // Re-encode into a buffer sized like the input (no regrowth) and compare.
+    let mut again = Vec::with_capacity(bytes.len());
+    serde_json::to_writer(&mut again, &v).expect("body types always serialise");
+    if again != bytes {
+        return Err(BodyError::NotCanonical { kind });
+    }
+    Ok(v)
+}
+
+fn invalid(kind: EntryKind, reason: String) -> BodyError {
+    BodyError::Invalid { kind, reason }
+}
+
+impl ParticipantBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body (including that the key is a valid, non-weak key).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::Participant;
+        let b: Self = decode(k, bytes)?;
+        check_name("participant_id", &b.participant_id).map_err(|r| invalid(k, r))?;
+        PublicKey::from_bytes(&b.public_key).map_err(|e| invalid(k, e.to_string()))?;
+        Ok(b)
+    }
+
+    /// The participant's key.
+    pub fn key(&self) -> Option<PublicKey> {
+        PublicKey::from_bytes(&self.public_key).ok()
+    }
+}
+
+impl SignedMessageBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body (as kind `kind`, `order` or `cancel`).
+    pub fn from_bytes(kind: EntryKind, bytes: &[u8]) -> Result<Self, BodyError> {
+        let b: Self = decode(kind, bytes)?;
+        check_name("participant_id", &b.participant_id).map_err(|r| invalid(kind, r))?;
+        if let Some(id) = &b.order_id {
+            check_name("order_id", id).map_err(|r| invalid(kind, r))?;
+        }
+        Ok(b)
+    }
+}
+
+impl SettlementBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::Settlement;
+        let b: Self = decode(k, bytes)?;
+        if b.postings.len() > POSTINGS_PER_ENTRY_MAX {
+            return Err(invalid(
+                k,
+                format!("more than {POSTINGS_PER_ENTRY_MAX} postings"),
+            ));
+        }
+        for p in &b.postings {
+            check_name("account", &p.account).map_err(|r| invalid(k, r))?;
+            if let Some(m) = &p.memo {
+                check_name("memo", m).map_err(|r| invalid(k, r))?;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Sum of the postings (`None` on overflow).
+    pub fn total(&self) -> Option<Amount> {
+        self.postings
+            .iter()
+            .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+    }
+}
+
+impl CorrectionBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::Correction;
+        let b: Self = decode(k, bytes)?;
+        if b.corrects.is_empty() || b.corrects.len() > CORRECTED_SEQS_MAX {
+            return Err(invalid(
+                k,
+                format!("corrects must list 1..={CORRECTED_SEQS_MAX} entries"),
+            ));
+        }
+        Ok(b)
+    }
+}
+
+/// A body the ledger understands, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum KnownBody {
+    Participant(ParticipantBody),
+    Signed(SignedMessageBody),
+    Settlement(SettlementBody),
+    Correction(CorrectionBody),
+    Opaque,
+}
+
+/// Parses the body of a kind whose schema the ledger owns; other kinds are opaque.
+pub(crate) fn parse_body(kind: EntryKind, bytes: &[u8]) -> Result<KnownBody, BodyError> {
+    Ok(match kind {
+        EntryKind::Participant => KnownBody::Participant(ParticipantBody::from_bytes(bytes)?),
+        EntryKind::Order | EntryKind::Cancel => {
+            KnownBody::Signed(SignedMessageBody::from_bytes(kind, bytes)?)
+        }
+        EntryKind::Settlement => KnownBody::Settlement(SettlementBody::from_bytes(bytes)?),
+        EntryKind::Correction => KnownBody::Correction(CorrectionBody::from_bytes(bytes)?),
+        _ => KnownBody::Opaque,
+    })
+}
+
+impl NewEntry {
+    /// A `participant` entry.
+    pub fn participant(body: &ParticipantBody) -> Self {
+        NewEntry::new(EntryKind::Participant, None, body.to_bytes())
+    }
+
+    /// An `order` entry.
+    pub fn order(interval_start: Option<i64>, body: &SignedMessageBody) -> Self {
+        NewEntry::new(EntryKind::Order, interval_start, body.to_bytes())
+    }
+
+    /// A `cancel` entry.
+    pub fn cancel(interval_start: Option<i64>, body: &SignedMessageBody) -> Self {
+        NewEntry::new(EntryKind::Cancel, interval_start, body.to_bytes())
+    }
+
+    /// A `settlement` entry for `body.interval_start`.
+    pub fn settlement(body: &SettlementBody) -> Self {
+        NewEntry::new(
+            EntryKind::Settlement,
+            Some(body.interval_start),
+            body.to_bytes(),
+        )
+    }
+
+    /// A `correction` entry.
+    pub fn correction(interval_start: Option<i64>, body: &CorrectionBody) -> Self {
+        NewEntry::new(EntryKind::Correction, interval_start, body.to_bytes())
+    }
+}
+
+/// Per-interval sums, used to enforce and check the zero-sum rule.
+pub(crate) type IntervalSums = BTreeMap<i64, Amount>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_have_one_spelling() {
+        assert_eq!("12.50".parse::<Amount>().unwrap(), Amount::from_minor(1250));
+        assert_eq!(Amount::from_minor(-5).to_string(), "-0.05");
+        assert_eq!(Amount::from_minor(0).to_string(), "0.00");
+        for bad in [
+            "12.5", "12.500", "+1.00", "-0.00", "1e2", "1.0e0", " 1.00", "01.00",
+        ] {
+            assert!(bad.parse::<Amount>().is_err(), "{bad}");
+        }
+        assert!(Amount::from_decimal(Decimal::new(1, 3)).is_err());
+        let negzero = Amount::from_decimal(Decimal::new(-0, 2)).unwrap();
+        assert_eq!(negzero.to_string(), "0.00");
+    }
+
+    #[test]
+    fn settlement_bytes_are_canonical_and_sorted() {
+        let b = SettlementBody {
+            interval_start: 300,
+            postings: vec![
+                Posting {
+                    account: "a".into(),
+                    amount: Amount::from_minor(150),
+                    memo: None,
+                },
+                Posting {
+                    account: "b".into(),
+                    amount: Amount::from_minor(-150),
+                    memo: Some("x".into()),
+                },
+            ],
+        };
+        let bytes = b.to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"interval_start":300,"postings":[{"account":"a","amount":"1.50"},{"account":"b","amount":"-1.50","memo":"x"}]}"#
+        );
+        assert_eq!(SettlementBody::from_bytes(&bytes).unwrap(), b);
+        assert_eq!(b.total(), Some(Amount::ZERO));
+        // Whitespace, reordered keys, null options and short scales are refused.
+        for bad in [
+            r#"{ "interval_start":300,"postings":[]}"#,
+            r#"{"postings":[],"interval_start":300}"#,
+            r#"{"interval_start":300,"postings":[{"account":"a","amount":"1.50","memo":null}]}"#,
+            r#"{"interval_start":300,"postings":[{"account":"a","amount":"1.5"}]}"#,
+        ] {
+            assert!(SettlementBody::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn participant_details_are_sorted_and_hex_is_lowercase() {
+        let key = crate::key::OperatorKey::from_seed(&[3; 32]).public_key();
+        let b = ParticipantBody {
+            details: Some(serde_json::json!({"z": 1, "a": {"y": true, "b": "x"}})),
+            participant_id: "p1".into(),
+            public_key: key.to_bytes(),
+            status: ParticipantStatus::Active,
+        };
+        let s = String::from_utf8(b.to_bytes()).unwrap();
+        assert!(s.starts_with(
+            r#"{"details":{"a":{"b":"x","y":true},"z":1},"participant_id":"p1","public_key":""#
+        ));
+        assert_eq!(ParticipantBody::from_bytes(s.as_bytes()).unwrap(), b);
+        let upper = s.replace(&key.to_hex(), &key.to_hex().to_uppercase());
+        assert!(ParticipantBody::from_bytes(upper.as_bytes()).is_err());
+    }
+}
