@@ -1,0 +1,225 @@
+//! Cleared intervals in the ledger.
+//!
+//! One interval is three entries appended in one transaction (with the checkpoint that ends
+//! every append):
+//!
+//! 1. `interval_input` — canonical JSON `{"format": "baton-interval-input/v1", "market": …,
+//!    "rounding": bool}`: the whole market as cleared (network, grid connections, devices,
+//!    orders, flexibility), and whether its numbers were rounded to the fixed scales on the way
+//!    in (study files) or had to be exact (scenarios, the wire).
+//! 2. `interval_result` — the `nodal-auction-result/v1` JSON of the clearing (no timings), the
+//!    exact bytes `baton clear` writes.
+//! 3. `settlement` — the postings, zero-sum, in the ledger's own settlement schema.
+//!
+//! [`reclear`] re-runs the clearing from entry 1 and checks entries 2 and 3 byte for byte.
+
+use baton_engine::{clear, settle, study, Clearing, Market, MarketSpec, Settlement};
+use baton_ledger::{Amount, EntryKind, NewEntry, Posting, SettlementBody};
+use serde::{Deserialize, Serialize};
+
+/// Format tag of an `interval_input` body.
+pub const INTERVAL_INPUT_FORMAT: &str = "baton-interval-input/v1";
+
+/// The body of an `interval_input` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntervalInput {
+    /// [`INTERVAL_INPUT_FORMAT`].
+    pub format: String,
+    /// The market as cleared.
+    pub market: MarketSpec,
+    /// Whether numbers were rounded to the fixed scales ([`Market::new_rounding`]).
+    pub rounding: bool,
+}
+
+/// Why an interval could not be recorded or re-cleared.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The recorded input does not parse.
+    #[error("interval {interval}: input entry is malformed: {reason}")]
+    Input {
+        /// Interval start.
+        interval: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The recorded input no longer validates.
+    #[error("interval {interval}: recorded market is invalid: {source}")]
+    Invalid {
+        /// Interval start.
+        interval: i64,
+        /// The validation error.
+        source: baton_engine::MarketError,
+    },
+    /// Clearing failed.
+    #[error("interval {interval}: clearing failed: {source}")]
+    Clear {
+        /// Interval start.
+        interval: i64,
+        /// The clearing error.
+        source: baton_engine::ClearError,
+    },
+    /// An amount cannot be represented in the ledger.
+    #[error("interval {interval}: amount {amount} is not a ledger amount")]
+    Amount {
+        /// Interval start.
+        interval: i64,
+        /// The amount.
+        amount: String,
+    },
+    /// Re-clearing gave something else than was recorded.
+    #[error("interval {interval}: {what} differs from the recording{detail}")]
+    Mismatch {
+        /// Interval start.
+        interval: i64,
+        /// `result` or `settlement`.
+        what: &'static str,
+        /// Where the first difference is.
+        detail: String,
+    },
+    /// An interval lacks one of its three entries.
+    #[error("interval {interval}: no {what} entry")]
+    Missing {
+        /// Interval start.
+        interval: i64,
+        /// Which.
+        what: &'static str,
+    },
+}
+
+/// The result JSON recorded for a clearing.
+pub fn result_bytes(market: &Market, clearing: &Clearing, settlement: &Settlement) -> Vec<u8> {
+    study::write_result(clearing, settlement, market.participant_order_count(), None).into_bytes()
+}
+
+/// The ledger settlement body for an engine settlement.
+pub fn settlement_body(interval: i64, s: &Settlement) -> Result<SettlementBody, RecordError> {
+    let postings = s
+        .postings
+        .iter()
+        .map(|p| {
+            Ok(Posting {
+                account: p.account.clone(),
+                amount: Amount::from_decimal(p.amount).map_err(|_| RecordError::Amount {
+                    interval,
+                    amount: p.amount.to_string(),
+                })?,
+                memo: Some(p.memo.clone()),
+            })
+        })
+        .collect::<Result<Vec<_>, RecordError>>()?;
+    Ok(SettlementBody {
+        interval_start: interval,
+        postings,
+    })
+}
+
+/// The three entries that record one cleared interval.
+pub fn interval_entries(
+    interval: i64,
+    spec: &MarketSpec,
+    rounding: bool,
+    market: &Market,
+    clearing: &Clearing,
+    settlement: &Settlement,
+) -> Result<Vec<NewEntry>, RecordError> {
+    let input = IntervalInput {
+        format: INTERVAL_INPUT_FORMAT.to_string(),
+        market: spec.clone(),
+        rounding,
+    };
+    let input_bytes = serde_json::to_vec(&input).expect("a market spec serialises");
+    Ok(vec![
+        NewEntry::new(EntryKind::IntervalInput, Some(interval), input_bytes),
+        NewEntry::new(
+            EntryKind::IntervalResult,
+            Some(interval),
+            result_bytes(market, clearing, settlement),
+        ),
+        NewEntry::settlement(&settlement_body(interval, settlement)?),
+    ])
+}
+
+/// What a re-clear found for one interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recleared {
+    /// Interval start.
+    pub interval: i64,
+    /// Orders in the book.
+    pub orders: usize,
+    /// Postings checked.
+    pub postings: usize,
+}
+
+/// Re-clears one interval from its recorded input and checks the recorded result and
+/// settlement are identical.
+pub fn reclear(
+    interval: i64,
+    input: &[u8],
+    result: &[u8],
+    settlement: &[u8],
+) -> Result<Recleared, RecordError> {
+    let parsed: IntervalInput = serde_json::from_slice(input).map_err(|e| RecordError::Input {
+        interval,
+        reason: e.to_string(),
+    })?;
+    if parsed.format != INTERVAL_INPUT_FORMAT {
+        return Err(RecordError::Input {
+            interval,
+            reason: format!("format {:?}", parsed.format),
+        });
+    }
+    let market = if parsed.rounding {
+        Market::new_rounding(&parsed.market)
+    } else {
+        Market::new(&parsed.market)
+    }
+    .map_err(|source| RecordError::Invalid { interval, source })?;
+    let (clearing, _) = clear(&market).map_err(|source| RecordError::Clear { interval, source })?;
+    let s = settle(&market, &clearing);
+    let again = result_bytes(&market, &clearing, &s);
+    if again != result {
+        return Err(RecordError::Mismatch {
+            interval,
+            what: "result",
+            detail: first_difference(result, &again),
+        });
+    }
+    let body = settlement_body(interval, &s)?;
+    let recorded = NewEntry::settlement(&body).body;
+    if recorded != settlement {
+        return Err(RecordError::Mismatch {
+            interval,
+            what: "settlement",
+            detail: first_difference(settlement, &recorded),
+        });
+    }
+    Ok(Recleared {
+        interval,
+        orders: market.participant_order_count(),
+        postings: body.postings.len(),
+    })
+}
+
+/// ` at line N: recorded "…" but re-cleared "…"` for two texts.
+fn first_difference(recorded: &[u8], again: &[u8]) -> String {
+    let (a, b) = (
+        String::from_utf8_lossy(recorded),
+        String::from_utf8_lossy(again),
+    );
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            return format!(
+                " at line {}: recorded {:?} but re-cleared {:?}",
+                i + 1,
+                x.trim(),
+                y.trim()
+            );
+        }
+    }
+    format!(
+        ": recorded {} bytes, re-cleared {} bytes",
+        recorded.len(),
+        again.len()
+    )
+}
