@@ -34,7 +34,20 @@ pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market)> {
     Ok((spec, market))
 }
 
-pub(crate) fn run(path: &Path, out: Option<&Path>, method: &str, timings: bool) -> Result<()> {
+/// Where and how to record a one-shot clearing.
+pub(crate) struct Record {
+    pub(crate) db: String,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) interval_start: Option<i64>,
+}
+
+pub(crate) fn run(
+    path: &Path,
+    out: Option<&Path>,
+    method: &str,
+    timings: bool,
+    record: Option<Record>,
+) -> Result<()> {
     let t0 = Instant::now();
     let method = match method {
         "auto" => Method::Auto,
@@ -42,7 +55,11 @@ pub(crate) fn run(path: &Path, out: Option<&Path>, method: &str, timings: bool) 
         "active-set" => Method::ActiveSet { band: None },
         other => bail!("unknown method {other:?} (auto, full, active-set)"),
     };
-    let (_, market) = load_market(path)?;
+    if record.is_some() && method != Method::Auto {
+        bail!("--ledger records clearings by the default method only (the one re-clear uses)");
+    }
+    let (spec, market) = load_market(path)?;
+    let rounding = path.extension().is_none_or(|e| e != "toml");
     let t_load = t0.elapsed().as_secs_f64();
     let (clearing, stats) = clear_with(&market, method).context("clearing failed")?;
     let settlement = settle(&market, &clearing);
@@ -76,5 +93,28 @@ pub(crate) fn run(path: &Path, out: Option<&Path>, method: &str, timings: bool) 
         market.participant_order_count(),
         timings.then_some(timing_json),
     );
-    crate::write_out(out, &json)
+    crate::write_out(out, &json)?;
+    if let Some(r) = record {
+        let minutes = i64::from(market.interval_minutes());
+        let interval = r.interval_start.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            now - now.rem_euclid(minutes * 60)
+        });
+        crate::ledger_cmd::record_clearing(
+            &r.db,
+            &r.key,
+            interval,
+            baton::record::interval_entries(
+                interval,
+                &spec,
+                rounding,
+                &market,
+                &clearing,
+                &settlement,
+            )?,
+        )?;
+    }
+    Ok(())
 }
