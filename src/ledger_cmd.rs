@@ -105,7 +105,7 @@ async fn all_entries(ledger: &Ledger) -> Result<Vec<baton_ledger::Entry>> {
     let mut from = 1u64;
     loop {
         let page = ledger
-            .entries(from, from + ENTRIES_PER_READ_MAX as u64 - 1)
+            .entries(from, from + ENTRIES_PER_READ_MAX - 1)
             .await?;
         let Some(last) = page.last() else { break };
         from = last.seq + 1;
