@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod clear_cmd;
+mod serve_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,8 @@ enum Command {
         #[arg(long)]
         timings: bool,
     },
+    /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
+    Serve(serve_cmd::ServeArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
     ImportMatpower {
         /// The `.m` case file.
@@ -65,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
             method,
             timings,
         } => clear_cmd::run(&market, out.as_deref(), &method, timings),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)
                 .with_context(|| format!("reading {}", case.display()))?;
