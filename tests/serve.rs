@@ -333,13 +333,21 @@ async fn end_to_end(db_url: String) {
         &root
     ));
     h.stop().await;
-    check_ledger(&db_url, 1).await;
+    check_ledger(
+        &db_url,
+        1,
+        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
+    )
+    .await;
 }
 
 /// Verifies the ledger offline and re-clears every recorded interval; returns the intervals.
-async fn check_ledger(db_url: &str, intervals_min: usize) -> Vec<i64> {
-    let operator = OperatorKey::from_seed(&OPERATOR_SEED).public_key();
-    let report = baton_ledger::audit::verify(db_url, &operator, None)
+async fn check_ledger(
+    db_url: &str,
+    intervals_min: usize,
+    operator: &baton_ledger::PublicKey,
+) -> Vec<i64> {
+    let report = baton_ledger::audit::verify(db_url, operator, None)
         .await
         .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
     assert!(report.participant_signatures >= 1);
@@ -596,4 +604,199 @@ async fn a_restart_keeps_participants_nonces_and_open_orders() {
     assert_eq!(listed.orders[0].ledger_seq, ack.ledger_seq);
     h.stop().await;
     let _ = h.db_url;
+}
+
+/// A `baton serve` child process and the address it printed.
+struct Child {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // A failed test must not leave a server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve(dir: &std::path::Path) -> Child {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(format!("sqlite://{}", dir.join("baton.db").display()))
+        .arg("--operator-key")
+        .arg(dir.join("operator.key"))
+        .arg("--scenario")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/two-node.toml"
+        ))
+        // One-minute intervals at 20× real time: a gate closes every 3 real seconds.
+        .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
+        .args(["--intervals-ahead", "2", "--time-scale", "20"])
+        .args(["--open-orders-max", "1000000"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.strip_prefix("baton: listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("baton serve prints its address");
+    Child { child, addr }
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn signed_admin(key: &OperatorKey, nonce: u64, command: Command) -> pb::SignedAdminRequest {
+    let request = pb::AdminRequest {
+        timestamp: wall_s(),
+        nonce,
+        command: Some(command),
+    }
+    .encode_to_vec();
+    pb::SignedAdminRequest {
+        signature: key.sign(&request).to_vec(),
+        request,
+    }
+}
+
+/// SIGKILL during intake loses no acknowledged order and clears no interval twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = spawn_serve(dir.path());
+    let operator = OperatorKey::load(&dir.path().join("operator.key")).unwrap();
+    let ch = connect(&c.addr).await;
+    let mut admin = AdminServiceClient::new(ch.clone());
+    let mut market = MarketServiceClient::new(ch);
+    let alice = key(1);
+    admin
+        .register_participant(signed_admin(
+            &operator,
+            1,
+            Command::RegisterParticipant(pb::RegisterParticipant {
+                participant_id: "alice".into(),
+                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
+                node: "A".into(),
+                roles: vec!["prosumer".into()],
+                capacity_kw: "50".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    // Submit for whatever interval is open until the kill; remember every ack.
+    let mut acked: Vec<pb::SubmitOrderResponse> = Vec::new();
+    let t_kill = std::time::Instant::now() + Duration::from_millis(2_500);
+    let mut nonce = 0;
+    let mut admin_nonce = 1;
+    while std::time::Instant::now() < t_kill {
+        admin_nonce += 1;
+        let status = admin
+            .status(signed_admin(
+                &operator,
+                admin_nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..20 {
+            nonce += 1;
+            let mut o = order("alice", nonce, "A", pb::Side::Sell, &[("1", "0.05")]);
+            o.interval_start = status.next_interval_start;
+            match market.submit_order(sign_order(&alice, &o)).await {
+                Ok(a) => acked.push(a.into_inner()),
+                Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}"),
+            }
+        }
+    }
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    assert!(acked.len() > 20, "only {} orders acknowledged", acked.len());
+
+    // Restart on the same ledger; wait until every acknowledged interval is cleared.
+    let mut c = spawn_serve(dir.path());
+    let mut admin = AdminServiceClient::new(connect(&c.addr).await);
+    let last = acked.iter().map(|a| a.interval_start).max().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
+    let mut admin_nonce = 1;
+    loop {
+        admin_nonce += 1;
+        let s = admin
+            .status(signed_admin(
+                &operator,
+                admin_nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.last_cleared_interval >= last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval {last} not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM: a graceful stop.
+    let pid = c.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    c.child.wait().unwrap();
+
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let ledger = Ledger::open_existing(&url).await.unwrap();
+    let entries = ledger.entries(1, u64::MAX).await.unwrap();
+    ledger.close().await;
+    for a in &acked {
+        let e = &entries[(a.ledger_seq - 1) as usize];
+        assert_eq!(e.kind, EntryKind::Order, "{a:?}");
+        let body = baton_ledger::SignedMessageBody::from_bytes(EntryKind::Order, &e.body).unwrap();
+        assert_eq!(body.order_id.as_deref(), Some(a.order_id.as_str()));
+    }
+    // Every acknowledged order was in exactly one cleared book.
+    let mut cleared_orders = std::collections::BTreeMap::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::IntervalInput)
+    {
+        let input: baton::record::IntervalInput = serde_json::from_slice(&e.body).unwrap();
+        for o in input.market.orders {
+            *cleared_orders.entry(o.id).or_insert(0) += 1;
+        }
+    }
+    for a in &acked {
+        assert_eq!(cleared_orders.get(&a.order_id), Some(&1), "{}", a.order_id);
+    }
+    let intervals = check_ledger(&url, 1, &operator.public_key()).await;
+    eprintln!(
+        "crash test: {} orders acknowledged, {} intervals recorded",
+        acked.len(),
+        intervals.len()
+    );
 }

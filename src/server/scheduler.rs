@@ -33,7 +33,13 @@ pub(crate) async fn run(
         .clamp(TICK_REAL_MS_MIN, TICK_REAL_MS_MAX);
     let tick = Duration::from_secs_f64(tick_ms / 1000.0);
     let now = shared.clock.now_ms();
+    // Never reopen an interval the ledger already records, even if the clock now reads earlier
+    // than when it was cleared (a restart of an accelerated clock, a wall clock stepped back).
+    let last_cleared = shared.lock().cleared.last().copied();
     let mut next = timing.earliest_open(now);
+    if let Some(c) = last_cleared {
+        next = next.max(c + timing.interval_s);
+    }
     // Intervals whose gate closed while the server was down and that still hold orders.
     let overdue: Vec<i64> = {
         let mut st = shared.lock();
