@@ -6,3 +6,4 @@
 //! the live market), so one re-clear checks both.
 
 pub mod record;
+pub mod server;

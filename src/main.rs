@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod clear_cmd;
 mod ledger_cmd;
+mod serve_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
+    Serve(serve_cmd::ServeArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
     ImportMatpower {
         /// The `.m` case file.
@@ -189,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                 operator_pubkey,
             } => ledger_cmd::check_proof(&proof, &operator_pubkey),
         },
+        Command::Serve(args) => serve_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)
                 .with_context(|| format!("reading {}", case.display()))?;

@@ -1,0 +1,160 @@
+//! `baton serve`: runs the live market until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use baton::server::{self, Clock, Limits, ScaledClock, ServerConfig, WallClock};
+use baton_ledger::OperatorKey;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+/// `baton serve` flags; each overrides the same key in `--config`.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of the keys below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:50051).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Ledger database (default sqlite://baton.db).
+    #[arg(long)]
+    db: Option<String>,
+    /// The operator's ed25519 key file (created with its .pub if missing).
+    #[arg(long)]
+    operator_key: Option<PathBuf>,
+    /// Native TOML scenario to load at start.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Interval length, minutes (default 5).
+    #[arg(long)]
+    interval_minutes: Option<u32>,
+    /// Gate closure before interval start, seconds (default 60).
+    #[arg(long)]
+    gate_lead_seconds: Option<i64>,
+    /// Intervals ahead that accept orders (default 12).
+    #[arg(long)]
+    intervals_ahead: Option<u32>,
+    /// Run market time this many times faster than real time (demos, tests).
+    #[arg(long)]
+    time_scale: Option<f64>,
+    /// Price floor, overriding the scenario's.
+    #[arg(long)]
+    price_floor: Option<Decimal>,
+    /// Price cap, overriding the scenario's.
+    #[arg(long)]
+    price_cap: Option<Decimal>,
+    /// Open orders per participant.
+    #[arg(long)]
+    open_orders_max: Option<usize>,
+}
+
+/// `--config` file keys: the flag names with underscores.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    db: Option<String>,
+    operator_key: Option<PathBuf>,
+    scenario: Option<PathBuf>,
+    interval_minutes: Option<u32>,
+    gate_lead_seconds: Option<i64>,
+    intervals_ahead: Option<u32>,
+    time_scale: Option<f64>,
+    price_floor: Option<Decimal>,
+    price_cap: Option<Decimal>,
+    open_orders_max: Option<usize>,
+}
+
+pub(crate) fn run(a: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let f: FileConfig = match &a.config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{}", p.display()))?,
+        None => FileConfig::default(),
+    };
+    let listen = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| "127.0.0.1:50051".into());
+    let db = a.db.or(f.db).unwrap_or_else(|| "sqlite://baton.db".into());
+    let key_path = a
+        .operator_key
+        .or(f.operator_key)
+        .unwrap_or_else(|| PathBuf::from(baton_ledger::key::OPERATOR_KEY_FILE));
+    let key = if key_path.exists() {
+        OperatorKey::load(&key_path).with_context(|| format!("{}", key_path.display()))?
+    } else {
+        let dir = key_path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(std::path::Path::new("."));
+        eprintln!(
+            "baton: no operator key at {}: generating one",
+            key_path.display()
+        );
+        OperatorKey::generate_to_dir(dir).context("generating the operator key")?
+    };
+    let mut config = ServerConfig::new(db, key);
+    if let Some(p) = a.scenario.or(f.scenario) {
+        config.scenario =
+            Some(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    if let Some(m) = a.interval_minutes.or(f.interval_minutes) {
+        config.interval_minutes = m;
+    }
+    if let Some(g) = a.gate_lead_seconds.or(f.gate_lead_seconds) {
+        config.gate_lead_s = g;
+    }
+    if let Some(n) = a.intervals_ahead.or(f.intervals_ahead) {
+        config.intervals_ahead = n;
+    }
+    let clock: Arc<dyn Clock> = match a.time_scale.or(f.time_scale) {
+        Some(s) if s != 1.0 => Arc::new(ScaledClock::from_now(s)),
+        _ => Arc::new(WallClock),
+    };
+    config.clock = clock;
+    config.price_floor = a.price_floor.or(f.price_floor);
+    config.price_cap = a.price_cap.or(f.price_cap);
+    config.limits = Limits {
+        open_orders_per_participant_max: a
+            .open_orders_max
+            .or(f.open_orders_max)
+            .unwrap_or(Limits::default().open_orders_per_participant_max),
+        ..Limits::default()
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        // Printed for scripts and tests that bind port 0.
+        eprintln!("baton: listening on {}", listener.local_addr()?);
+        server::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

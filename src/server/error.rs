@@ -1,0 +1,122 @@
+//! Why the market refused a request, and the one place that maps it to a gRPC status.
+
+use tonic::{Code, Status};
+
+/// A refused request. Messages name the field or record at fault, without a trailing period.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The signature does not verify, or is not 64 bytes.
+    #[error("signature does not verify for participant {0:?}")]
+    BadSignature(String),
+    /// No participant with this id (so no key to verify with).
+    #[error("unknown participant {0:?}")]
+    UnknownParticipant(String),
+    /// The operator signature on an admin request does not verify.
+    #[error("admin request signature does not verify with the operator key")]
+    BadOperatorSignature,
+    /// The participant is suspended.
+    #[error("participant {0:?} is suspended")]
+    Suspended(String),
+    /// The order is for a node that is not the participant's.
+    #[error("node: {node:?} is not participant {participant:?}'s node")]
+    WrongNode {
+        /// The participant.
+        participant: String,
+        /// The node it named.
+        node: String,
+    },
+    /// The order belongs to someone else.
+    #[error("order {0:?} is not the caller's")]
+    NotYourOrder(String),
+    /// A field is missing, malformed or out of range.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The field, e.g. `blocks[1].price`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The nonce is not greater than the last one accepted.
+    #[error("nonce: {nonce} is not greater than the last accepted nonce {last}")]
+    ReplayedNonce {
+        /// The nonce sent.
+        nonce: u64,
+        /// The last accepted.
+        last: u64,
+    },
+    /// Already registered.
+    #[error("participant {0:?} is already registered")]
+    AlreadyRegistered(String),
+    /// The interval's gate has closed (or the interval is not yet open).
+    #[error("interval_start: {0}")]
+    GateClosed(String),
+    /// The market is paused.
+    #[error("the market is paused")]
+    Paused,
+    /// No network is loaded.
+    #[error("no network is loaded")]
+    NoNetwork,
+    /// The order is already cancelled or cleared.
+    #[error("order {0:?} is no longer open")]
+    NotOpen(String),
+    /// A per-participant or per-interval limit is reached.
+    #[error("{what}: limit of {limit} reached")]
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+    /// The server's intake queue is full.
+    #[error("intake queue is full; retry")]
+    Busy,
+    /// Nothing with this id.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The ledger failed; nothing was acknowledged.
+    #[error("ledger: {0}")]
+    Storage(String),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        use ServiceError as E;
+        let code = match &e {
+            E::BadSignature(_) | E::UnknownParticipant(_) | E::BadOperatorSignature => {
+                Code::Unauthenticated
+            }
+            E::Suspended(_) | E::WrongNode { .. } | E::NotYourOrder(_) => Code::PermissionDenied,
+            E::InvalidField { .. } => Code::InvalidArgument,
+            E::ReplayedNonce { .. } | E::AlreadyRegistered(_) => Code::AlreadyExists,
+            E::GateClosed(_) | E::Paused | E::NoNetwork | E::NotOpen(_) => Code::FailedPrecondition,
+            E::Limit { .. } | E::Busy => Code::ResourceExhausted,
+            E::NotFound(_) => Code::NotFound,
+            E::Storage(_) => Code::Internal,
+            E::ShuttingDown => Code::Unavailable,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %e, "request failed");
+        } else {
+            tracing::info!(code = ?code, reason = %e, "request refused");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<baton_ledger::LedgerError> for ServiceError {
+    fn from(e: baton_ledger::LedgerError) -> Self {
+        ServiceError::Storage(e.to_string())
+    }
+}
+
+/// Shorthand for an [`ServiceError::InvalidField`].
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}

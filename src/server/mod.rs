@@ -1,0 +1,339 @@
+//! `baton serve`: the live market.
+//!
+//! Participants submit signed orders over gRPC (`baton.v1.MarketService`); each accepted order
+//! is appended to the signed ledger before it is acknowledged (group commit batches concurrent
+//! submissions into one append). A scheduler closes each interval's gate a configurable lead
+//! before it starts, clears the frozen book with the engine, settles it and records the three
+//! interval entries in one append, then publishes the result and every participant's fills.
+//! The operator drives the market through `baton.v1.AdminService` (requests signed by the
+//! operator key); anyone can read and check the ledger through `baton.v1.AuditService`.
+//!
+//! **Architecture Invariant:** an acknowledgement means durable: no ack is sent before the
+//! ledger append that holds the order has committed, and the in-memory book only ever holds
+//! orders that are in the ledger. On restart the state is rebuilt from the ledger alone
+//! (participants, network, nonces, open books, cleared intervals).
+//!
+//! **Architecture Invariant:** an interval is cleared at most once: only the scheduler task
+//! clears, it skips intervals the ledger already records, and the gate of an interval is closed
+//! (no more intake) and the intake queue drained before its book is frozen.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use baton_ledger::{Ledger, LedgerError, OperatorKey};
+use baton_proto::v1 as pb;
+use ed25519_dalek::VerifyingKey;
+use rust_decimal::Decimal;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub mod clock;
+pub mod error;
+
+mod admin;
+mod audit;
+mod commit;
+mod market;
+mod recover;
+mod scheduler;
+mod state;
+
+pub use clock::{Clock, ScaledClock, WallClock};
+pub use error::ServiceError;
+
+/// Largest serialized `Order` accepted, bytes. Sixteen blocks with long decimals and ids stay
+/// under 1 KiB; four times that leaves room without letting a client make the ledger store
+/// megabytes per order.
+pub const ORDER_BYTES_MAX: usize = 4 * 1024;
+/// Largest serialized `CancelRequest` or `ParticipantQuery`, bytes.
+pub const REQUEST_BYTES_MAX: usize = 1024;
+/// Largest serialized `AdminRequest`, bytes: a scenario's TOML text rides in it.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest gRPC message the server decodes, bytes (an admin request plus framing).
+pub const GRPC_MESSAGE_BYTES_MAX: usize = ADMIN_REQUEST_BYTES_MAX + 64 * 1024;
+/// Longest decimal string accepted, characters: 1e8 with 6 decimals and a sign is 16.
+pub const DECIMAL_CHARS_MAX: usize = 32;
+/// Longest participant id, bytes (order ids are `<participant>-<nonce>` and must stay within
+/// the engine's 128).
+pub const PARTICIPANT_ID_BYTES_MAX: usize = 64;
+/// Orders waiting for the group-commit task. When full, intake answers RESOURCE_EXHAUSTED
+/// rather than queueing without bound.
+pub const INTAKE_QUEUE_DEPTH_MAX: usize = 8_192;
+/// Entries in one group-commit append: bounds one transaction's size and latency.
+pub const GROUP_COMMIT_ENTRIES_MAX: usize = 2_048;
+/// Orders in one `SubmitOrders` stream.
+pub const STREAM_ORDERS_MAX: usize = 100_000;
+/// Orders returned by one `ListOrders`.
+pub const LIST_ORDERS_MAX: usize = 10_000;
+/// Cleared intervals whose results stay in memory for `GetIntervalResult` (a day of
+/// five-minute intervals).
+pub const RESULTS_KEPT_MAX: usize = 288;
+/// Results a slow watcher may fall behind before it misses some.
+pub const WATCH_BUFFER_INTERVALS: usize = 64;
+/// Concurrent requests per connection: one client cannot occupy every worker.
+pub const CONCURRENT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// Entries returned by one `GetEntries`.
+pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
+/// Largest tree an inclusion proof is computed over, entries: the proof is computed from every
+/// entry hash (32 bytes each, so 32 MB at this size); larger ledgers need a stored tree.
+pub const INCLUSION_PROOF_TREE_SIZE_MAX: u64 = 1_000_000;
+/// Longest gate lead, seconds (a day).
+pub const GATE_LEAD_S_MAX: i64 = 86_400;
+/// Default: intervals ahead that accept orders.
+pub const INTERVALS_AHEAD_DEFAULT: u32 = 12;
+/// Default: seconds before an interval starts that its gate closes.
+pub const GATE_LEAD_S_DEFAULT: i64 = 60;
+/// Default: open orders per participant.
+pub const OPEN_ORDERS_PER_PARTICIPANT_DEFAULT: usize = 256;
+/// Default: how far a signed request's timestamp may be from the server's wall clock, seconds.
+pub const REQUEST_TIMESTAMP_WINDOW_S_DEFAULT: i64 = 300;
+
+/// Intake limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open orders one participant may hold across all intervals.
+    pub open_orders_per_participant_max: usize,
+    /// Orders one interval's book may hold.
+    pub orders_per_interval_max: usize,
+    /// How far a signed request's timestamp may be from the server's wall clock, seconds.
+    pub request_timestamp_window_s: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            open_orders_per_participant_max: OPEN_ORDERS_PER_PARTICIPANT_DEFAULT,
+            orders_per_interval_max: baton_engine::model::ORDERS_PER_INTERVAL_MAX,
+            request_timestamp_window_s: REQUEST_TIMESTAMP_WINDOW_S_DEFAULT,
+        }
+    }
+}
+
+/// How to run the market.
+pub struct ServerConfig {
+    /// Ledger database: `sqlite://PATH` or `postgres://…`.
+    pub db_url: String,
+    /// Signs checkpoints and authenticates admin requests (its public key).
+    pub operator_key: OperatorKey,
+    /// The ledger's log name in checkpoints.
+    pub origin: String,
+    /// A native TOML scenario to load at start (network, grid, devices, flexibility).
+    pub scenario: Option<String>,
+    /// Interval length, minutes; intervals are aligned to UTC.
+    pub interval_minutes: u32,
+    /// The gate of an interval closes this many seconds before it starts.
+    pub gate_lead_s: i64,
+    /// Orders are accepted for this many intervals ahead.
+    pub intervals_ahead: u32,
+    /// Market time.
+    pub clock: Arc<dyn Clock>,
+    /// Overrides the scenario's price floor.
+    pub price_floor: Option<Decimal>,
+    /// Overrides the scenario's price cap.
+    pub price_cap: Option<Decimal>,
+    /// Intake limits.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// Defaults: five-minute intervals, a 60 s gate lead, 12 intervals ahead, the wall clock.
+    pub fn new(db_url: impl Into<String>, operator_key: OperatorKey) -> Self {
+        ServerConfig {
+            db_url: db_url.into(),
+            operator_key,
+            origin: "baton/ledger".into(),
+            scenario: None,
+            interval_minutes: baton_engine::model::INTERVAL_MINUTES_DEFAULT,
+            gate_lead_s: GATE_LEAD_S_DEFAULT,
+            intervals_ahead: INTERVALS_AHEAD_DEFAULT,
+            clock: Arc::new(WallClock),
+            price_floor: None,
+            price_cap: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The ledger could not be opened or read.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The start-up scenario was refused.
+    #[error("scenario: {0}")]
+    Scenario(ServiceError),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// One cleared interval as published.
+#[derive(Debug)]
+pub(crate) struct ClearedInterval {
+    pub(crate) result: pb::IntervalResult,
+    /// Fills per participant id.
+    pub(crate) fills: BTreeMap<String, Vec<pb::Fill>>,
+}
+
+/// What `ClearNow` waits for.
+pub(crate) type ClearNowReply = oneshot::Sender<Result<pb::ClearNowResponse, ServiceError>>;
+
+/// Shared by the services, the scheduler and the group-commit task.
+pub(crate) struct Shared {
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) state: Mutex<state::MarketState>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) timing: state::Timing,
+    pub(crate) limits: Limits,
+    pub(crate) operator: VerifyingKey,
+    pub(crate) interval_minutes: u32,
+    pub(crate) price_floor: Option<Decimal>,
+    pub(crate) price_cap: Option<Decimal>,
+    /// Serialises admin commands; holds the last admin nonce accepted.
+    pub(crate) admin: tokio::sync::Mutex<u64>,
+    pub(crate) commit_tx: mpsc::Sender<commit::CommitItem>,
+    pub(crate) results_tx: broadcast::Sender<Arc<ClearedInterval>>,
+    pub(crate) results: Mutex<BTreeMap<i64, Arc<ClearedInterval>>>,
+    pub(crate) clear_now_tx: mpsc::Sender<ClearNowReply>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, state::MarketState> {
+        // A panic while holding the lock is a bug already logged; the state itself stays
+        // consistent between statements, so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves the market on `listener` until `shutdown` completes, then stops intake, lets the
+/// scheduler finish an interval in progress and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if config.interval_minutes == 0
+        || config.interval_minutes > baton_engine::model::INTERVAL_MINUTES_MAX
+    {
+        return Err(ServeError::Config(format!(
+            "interval_minutes must be 1 to {}",
+            baton_engine::model::INTERVAL_MINUTES_MAX
+        )));
+    }
+    if config.intervals_ahead == 0 {
+        return Err(ServeError::Config(
+            "intervals_ahead must be at least 1".into(),
+        ));
+    }
+    let interval_s = i64::from(config.interval_minutes) * 60;
+    if !(0..=GATE_LEAD_S_MAX).contains(&config.gate_lead_s) {
+        return Err(ServeError::Config(format!(
+            "gate_lead_s must be 0 to {GATE_LEAD_S_MAX}"
+        )));
+    }
+    let operator = *config.operator_key.public_key().as_dalek();
+    let ledger = Arc::new(
+        Ledger::open(&config.db_url)
+            .await?
+            .with_operator(config.operator_key, &config.origin)?,
+    );
+    let mut st = state::MarketState::default();
+    let recovered = recover::rebuild(&ledger, &mut st).await?;
+    tracing::info!(
+        entries = recovered.entries,
+        participants = st.participants.len(),
+        open_orders = st.books.values().map(|b| b.len()).sum::<usize>(),
+        cleared = st.cleared.len(),
+        "state rebuilt from the ledger"
+    );
+    let timing = state::Timing {
+        interval_s,
+        gate_lead_s: config.gate_lead_s,
+        intervals_ahead: i64::from(config.intervals_ahead),
+    };
+    let (commit_tx, commit_rx) = mpsc::channel(INTAKE_QUEUE_DEPTH_MAX);
+    let (results_tx, _) = broadcast::channel(WATCH_BUFFER_INTERVALS);
+    let (clear_now_tx, clear_now_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        ledger: ledger.clone(),
+        state: Mutex::new(st),
+        clock: config.clock.clone(),
+        timing,
+        limits: config.limits.clone(),
+        operator,
+        interval_minutes: config.interval_minutes,
+        price_floor: config.price_floor,
+        price_cap: config.price_cap,
+        admin: tokio::sync::Mutex::new(0),
+        commit_tx,
+        results_tx,
+        results: Mutex::new(BTreeMap::new()),
+        clear_now_tx,
+        shutdown: shutdown_rx.clone(),
+    });
+    if let Some(text) = &config.scenario {
+        admin::load_scenario_at_start(&shared, text)
+            .await
+            .map_err(ServeError::Scenario)?;
+    }
+    let commit_task = tokio::spawn(commit::run(shared.clone(), commit_rx));
+    let scheduler_task = tokio::spawn(scheduler::run(
+        shared.clone(),
+        clear_now_rx,
+        shutdown_rx.clone(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::market_service_server::MarketServiceServer<market::MarketApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let market = pb::market_service_server::MarketServiceServer::new(market::MarketApi {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let admin = pb::admin_service_server::AdminServiceServer::new(admin::AdminApi {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let audit = pb::audit_service_server::AuditServiceServer::new(audit::AuditApi {
+        shared: shared.clone(),
+    });
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "baton serve: listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(market)
+        .add_service(admin)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("baton serve: shutting down");
+            let _ = shutdown_tx.send(true);
+        })
+        .await;
+    // The scheduler sees the shutdown signal (or its sender dropped) and finishes an interval
+    // it is clearing; then the commit task drains what is queued before `Stop`.
+    let _ = scheduler_task.await;
+    let _ = shared.commit_tx.send(commit::CommitItem::Stop).await;
+    let _ = commit_task.await;
+    ledger.close().await;
+    served?;
+    Ok(())
+}

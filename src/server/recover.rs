@@ -1,0 +1,180 @@
+//! Rebuilds the market's state from the ledger on start: the ledger is the record, memory is a
+//! cache of it.
+
+use std::sync::Arc;
+
+use baton_engine::model::BlockSpec;
+use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
+use baton_engine::{MarketSpec, Side};
+use baton_ledger::{
+    EntryKind, Ledger, LedgerError, ParticipantBody, ParticipantStatus, SignedMessageBody,
+    ENTRIES_PER_READ_MAX,
+};
+use baton_proto::v1 as pb;
+use ed25519_dalek::VerifyingKey;
+use prost::Message;
+
+use super::state::{
+    order_id, parse_decimal, MarketState, OrderRecord, OrderStatus, Participant, ParticipantDetails,
+};
+
+/// What the rebuild read.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub(crate) entries: u64,
+}
+
+/// A `market_event` entry's body.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct MarketEvent {
+    pub(crate) event: String,
+}
+
+pub(crate) async fn rebuild(
+    ledger: &Ledger,
+    st: &mut MarketState,
+) -> Result<Recovered, LedgerError> {
+    let mut out = Recovered::default();
+    let mut from = 1u64;
+    loop {
+        let page = ledger
+            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
+            .await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        from = last.seq + 1;
+        for e in &page {
+            out.entries += 1;
+            apply(st, e.seq, e.kind, e.interval_start, &e.body);
+        }
+    }
+    Ok(out)
+}
+
+/// Applies one entry. Entries this server did not write (or cannot read) are skipped with a
+/// warning: they stay in the ledger for the auditor, but cannot make the market refuse to start.
+fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>, body: &[u8]) {
+    match kind {
+        EntryKind::Participant => {
+            let Ok(b) = ParticipantBody::from_bytes(body) else {
+                tracing::warn!(seq, "participant entry unreadable");
+                return;
+            };
+            let details: Option<ParticipantDetails> = b
+                .details
+                .clone()
+                .and_then(|d| serde_json::from_value(d).ok());
+            let (Some(details), Ok(key)) = (details, VerifyingKey::from_bytes(&b.public_key))
+            else {
+                tracing::warn!(seq, "participant entry without node details");
+                return;
+            };
+            st.participants.insert(
+                b.participant_id.clone(),
+                Participant {
+                    key,
+                    node: details.node,
+                    roles: details.roles,
+                    capacity_kw: details.capacity_kw,
+                    active: b.status == ParticipantStatus::Active,
+                },
+            );
+        }
+        EntryKind::Network => match serde_json::from_slice::<MarketSpec>(body) {
+            Ok(spec) => st.network = Some(Arc::new(spec)),
+            Err(e) => tracing::warn!(seq, error = %e, "network entry unreadable"),
+        },
+        EntryKind::Order => {
+            let Some((signed, order)) = SignedMessageBody::from_bytes(kind, body)
+                .ok()
+                .and_then(|s| pb::Order::decode(s.payload.as_slice()).ok().map(|o| (s, o)))
+            else {
+                tracing::warn!(seq, "order entry unreadable");
+                return;
+            };
+            let nonce = st.nonces.entry(signed.participant_id.clone()).or_default();
+            *nonce = (*nonce).max(order.nonce);
+            let Some(record) = record_from_wire(&order) else {
+                tracing::warn!(seq, "order entry with unreadable fields");
+                return;
+            };
+            *st.open_per_participant
+                .entry(record.participant.clone())
+                .or_default() += 1;
+            *st.per_interval.entry(record.interval_start).or_default() += 1;
+            st.insert_order(record, seq);
+        }
+        EntryKind::Cancel => {
+            let Some(req) = SignedMessageBody::from_bytes(kind, body)
+                .ok()
+                .and_then(|s| pb::CancelRequest::decode(s.payload.as_slice()).ok())
+            else {
+                tracing::warn!(seq, "cancel entry unreadable");
+                return;
+            };
+            let nonce = st.nonces.entry(req.participant_id.clone()).or_default();
+            *nonce = (*nonce).max(req.nonce);
+            st.apply_cancel(&req.order_id);
+        }
+        EntryKind::IntervalInput => {
+            if let Some(s) = interval {
+                st.cleared.insert(s);
+                st.freeze(s);
+            }
+        }
+        EntryKind::MarketEvent => {
+            let Ok(ev) = serde_json::from_slice::<MarketEvent>(body) else {
+                return;
+            };
+            match ev.event.as_str() {
+                "pause" => st.paused = true,
+                "resume" => st.paused = false,
+                "interval_not_cleared" => {
+                    if let Some(s) = interval {
+                        st.cleared.insert(s);
+                        st.freeze(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The record of an order as it was accepted (its fields passed intake then).
+pub(crate) fn record_from_wire(order: &pb::Order) -> Option<OrderRecord> {
+    let side = match pb::Side::try_from(order.side).ok()? {
+        pb::Side::Buy => Side::Buy,
+        pb::Side::Sell => Side::Sell,
+        pb::Side::Unspecified => return None,
+    };
+    let blocks = order
+        .blocks
+        .iter()
+        .map(|b| {
+            Some(BlockSpec {
+                quantity: parse_decimal("quantity", &b.quantity, QUANTITY_SCALE).ok()?,
+                price: if b.price.is_empty() {
+                    None
+                } else {
+                    Some(parse_decimal("price", &b.price, PRICE_SCALE).ok()?)
+                },
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(OrderRecord {
+        id: order_id(&order.participant_id, order.nonce),
+        participant: order.participant_id.clone(),
+        interval_start: order.interval_start,
+        node: order.node.clone(),
+        side,
+        blocks,
+        device: order.device.clone(),
+        status: OrderStatus::Open,
+        ledger_seq: 0,
+        accepted: Vec::new(),
+        accepted_total: None,
+    })
+}

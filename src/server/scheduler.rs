@@ -1,0 +1,277 @@
+//! The interval scheduler: at each gate closure, freeze the book, clear, settle, record the
+//! interval in one ledger append and publish it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_engine::units::{round_at, MONEY_SCALE};
+use baton_engine::{clear, settle, Market, MarketSpec, Side};
+use baton_ledger::{EntryKind, NewEntry};
+use baton_proto::v1 as pb;
+use rust_decimal::Decimal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::commit::CommitItem;
+use super::error::ServiceError;
+use super::state::{side_to_proto, OrderRecord};
+use super::{ClearNowReply, ClearedInterval, Shared, RESULTS_KEPT_MAX};
+
+/// Slowest poll of the clock, real time: a gate closes at most this late.
+const TICK_REAL_MS_MAX: f64 = 250.0;
+/// Fastest poll of the clock, real time.
+const TICK_REAL_MS_MIN: f64 = 2.0;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut clear_now: mpsc::Receiver<ClearNowReply>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let timing = shared.timing;
+    // Poll often enough that a gate closes within 1% of an interval, real time.
+    let tick_ms = (timing.interval_s as f64 * 1000.0 / shared.clock.scale() / 100.0)
+        .clamp(TICK_REAL_MS_MIN, TICK_REAL_MS_MAX);
+    let tick = Duration::from_secs_f64(tick_ms / 1000.0);
+    let now = shared.clock.now_ms();
+    // Never reopen an interval the ledger already records, even if the clock now reads earlier
+    // than when it was cleared (a restart of an accelerated clock, a wall clock stepped back).
+    let last_cleared = shared.lock().cleared.last().copied();
+    let mut next = timing.earliest_open(now);
+    if let Some(c) = last_cleared {
+        next = next.max(c + timing.interval_s);
+    }
+    // Intervals whose gate closed while the server was down and that still hold orders.
+    let overdue: Vec<i64> = {
+        let mut st = shared.lock();
+        st.closed_through = st.closed_through.max(next - timing.interval_s);
+        st.books
+            .iter()
+            .filter(|(s, b)| **s < next && !b.is_empty())
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    for s in overdue {
+        tracing::info!(
+            interval = s,
+            "clearing an interval whose gate closed while down"
+        );
+        if let Err(e) = clear_interval(&shared, s).await {
+            tracing::error!(interval = s, error = %e, "interval not cleared");
+        }
+    }
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Some(reply) = clear_now.recv() => {
+                let s = next;
+                next += timing.interval_s;
+                let r = clear_interval(&shared, s).await.map(|c| pb::ClearNowResponse {
+                    interval_start: s,
+                    ledger_first_seq: c.as_ref().map(|c| c.result.ledger_first_seq).unwrap_or(0),
+                    ledger_last_seq: c.as_ref().map(|c| c.result.ledger_last_seq).unwrap_or(0),
+                });
+                let _ = reply.send(r);
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = shared.clock.now_ms();
+        while timing.gate_s(next) * 1000 <= now {
+            let s = next;
+            next += timing.interval_s;
+            if let Err(e) = clear_interval(&shared, s).await {
+                tracing::error!(interval = s, error = %e, "interval not cleared");
+            }
+        }
+    }
+}
+
+/// Closes, clears, records and publishes interval `s`. `Ok(None)`: nothing to record (no
+/// network loaded) or already recorded.
+pub(crate) async fn clear_interval(
+    shared: &Arc<Shared>,
+    s: i64,
+) -> Result<Option<Arc<ClearedInterval>>, ServiceError> {
+    {
+        let mut st = shared.lock();
+        st.closed_through = st.closed_through.max(s);
+    }
+    // Orders validated before the gate closed may still be on their way to the ledger: wait
+    // for them so the frozen book is exactly the acknowledged orders.
+    let (tx, rx) = oneshot::channel();
+    shared
+        .commit_tx
+        .send(CommitItem::Barrier(tx))
+        .await
+        .map_err(|_| ServiceError::ShuttingDown)?;
+    rx.await.map_err(|_| ServiceError::ShuttingDown)?;
+    let already = shared.lock().cleared.contains(&s) || shared.ledger.has_interval(s).await?;
+    let (orders, network) = {
+        let mut st = shared.lock();
+        (st.freeze(s), st.network.clone())
+    };
+    if already {
+        tracing::warn!(
+            interval = s,
+            "interval already recorded; not clearing it again"
+        );
+        return Ok(None);
+    }
+    let Some(network) = network else {
+        return Ok(None);
+    };
+    let t0 = Instant::now();
+    let mut spec: MarketSpec = (*network).clone();
+    spec.orders = orders.iter().map(OrderRecord::to_spec).collect();
+    let order_count = spec.orders.len();
+    let built = tokio::task::spawn_blocking(move || build(s, spec))
+        .await
+        .map_err(|e| ServiceError::Storage(format!("clearing task failed: {e}")))?;
+    let (entries, mut cleared) = match built {
+        Ok(x) => x,
+        Err(reason) => {
+            // A book the engine refuses (a bug in intake) is recorded as not cleared so the
+            // regulator sees it and the interval is never retried with a different book.
+            tracing::error!(interval = s, %reason, "interval not cleared");
+            let body = serde_json::json!({
+                "event": "interval_not_cleared",
+                "interval_start": s,
+                "reason": reason,
+            });
+            shared
+                .ledger
+                .append(vec![NewEntry::new(
+                    EntryKind::MarketEvent,
+                    Some(s),
+                    body.to_string().into_bytes(),
+                )])
+                .await?;
+            shared.lock().cleared.insert(s);
+            return Ok(None);
+        }
+    };
+    let clear_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let receipt = shared.ledger.append(entries).await?;
+    cleared.result.ledger_first_seq = receipt.first_seq;
+    cleared.result.ledger_last_seq = receipt.last_seq;
+    let cleared = Arc::new(cleared);
+    {
+        let mut st = shared.lock();
+        st.cleared.insert(s);
+        for fills in cleared.fills.values() {
+            for f in fills {
+                if let Some(o) = st.orders.get_mut(&f.order_id) {
+                    o.accepted = f.accepted.iter().filter_map(|a| a.parse().ok()).collect();
+                    o.accepted_total = f.accepted_total.parse().ok();
+                }
+            }
+        }
+    }
+    {
+        let mut results = shared.results.lock().unwrap_or_else(|e| e.into_inner());
+        results.insert(s, cleared.clone());
+        while results.len() > RESULTS_KEPT_MAX {
+            results.pop_first();
+        }
+    }
+    let _ = shared.results_tx.send(cleared.clone());
+    tracing::info!(
+        interval = s,
+        orders = order_count,
+        clear_ms = format!("{clear_ms:.1}"),
+        total_ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1000.0),
+        ledger_last_seq = receipt.last_seq,
+        "interval cleared"
+    );
+    Ok(Some(cleared))
+}
+
+/// Validates, clears and settles one interval's market; the ledger entries and the published
+/// result. Runs on a blocking thread: HiGHS may take seconds on a large book.
+fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), String> {
+    let market = Market::new(&spec).map_err(|e| e.to_string())?;
+    let (clearing, _stats) = clear(&market).map_err(|e| e.to_string())?;
+    let settlement = settle(&market, &clearing);
+    let entries = crate::record::interval_entries(s, &spec, false, &market, &clearing, &settlement)
+        .map_err(|e| e.to_string())?;
+    let node_ids = market.node_ids();
+    let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);
+    for f in &clearing.orders {
+        match f.side {
+            Side::Buy => bought += f.accepted_total,
+            Side::Sell => sold += f.accepted_total,
+        }
+    }
+    let result = pb::IntervalResult {
+        interval_start: s,
+        interval_minutes: clearing.interval_minutes,
+        welfare: clearing.welfare.to_string(),
+        prices: clearing
+            .nodes
+            .iter()
+            .map(|n| pb::NodePrice {
+                node: n.id.clone(),
+                price: n.price.to_string(),
+                energy: n.energy.to_string(),
+                congestion: n.congestion.to_string(),
+            })
+            .collect(),
+        lines: clearing
+            .lines
+            .iter()
+            .map(|l| pb::LineFlow {
+                line: l.id.clone(),
+                flow: l.flow.to_string(),
+                congested: l.congested,
+            })
+            .collect(),
+        flex: clearing
+            .flex_requirements
+            .iter()
+            .map(|r| pb::FlexPrice {
+                requirement: r.id.clone(),
+                price: r.price.to_string(),
+                procured: r.procured.to_string(),
+            })
+            .collect(),
+        bought: bought.to_string(),
+        sold: sold.to_string(),
+        orders: market.participant_order_count() as u32,
+        ledger_first_seq: 0,
+        ledger_last_seq: 0,
+    };
+    let payments: BTreeMap<&str, Decimal> = settlement
+        .postings
+        .iter()
+        .filter_map(|p| p.memo.strip_prefix("energy ").map(|id| (id, p.amount)))
+        .collect();
+    let mut fills: BTreeMap<String, Vec<pb::Fill>> = BTreeMap::new();
+    let participant_orders: std::collections::HashSet<&str> =
+        spec.orders.iter().map(|o| o.id.as_str()).collect();
+    for f in &clearing.orders {
+        if !participant_orders.contains(f.id.as_str()) {
+            continue;
+        }
+        fills.entry(f.account.clone()).or_default().push(pb::Fill {
+            interval_start: s,
+            order_id: f.id.clone(),
+            side: side_to_proto(f.side) as i32,
+            node: node_ids[f.node].clone(),
+            accepted: f.accepted.iter().map(|d| d.to_string()).collect(),
+            accepted_total: f.accepted_total.to_string(),
+            node_price: clearing.nodes[f.node].price.to_string(),
+            payment: round_at(
+                payments
+                    .get(f.id.as_str())
+                    .copied()
+                    .unwrap_or(Decimal::ZERO),
+                MONEY_SCALE,
+            )
+            .to_string(),
+        });
+    }
+    Ok((entries, ClearedInterval { result, fills }))
+}

@@ -1,0 +1,650 @@
+//! The market's in-memory state — participants, nonces, the open books, the loaded network —
+//! and the intake checks that read it. Everything here can be rebuilt from the ledger
+//! (`recover.rs`); the ledger, not this state, is the record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use baton_engine::model::{BlockSpec, MarketSpec, OrderSpec, BLOCKS_PER_ORDER_MAX};
+use baton_engine::units::{PRICE_SCALE, QUANTITY_ABS_MAX, QUANTITY_SCALE};
+use baton_engine::Side;
+use baton_ledger::SignedMessageBody;
+use baton_proto::v1 as pb;
+use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message;
+use rust_decimal::Decimal;
+
+use super::error::{invalid, ServiceError};
+use super::{
+    Limits, DECIMAL_CHARS_MAX, ORDER_BYTES_MAX, PARTICIPANT_ID_BYTES_MAX, REQUEST_BYTES_MAX,
+};
+
+/// A registered participant.
+#[derive(Clone, Debug)]
+pub(crate) struct Participant {
+    pub(crate) key: VerifyingKey,
+    pub(crate) node: String,
+    pub(crate) roles: Vec<String>,
+    pub(crate) capacity_kw: Option<Decimal>,
+    pub(crate) active: bool,
+}
+
+/// The `details` a `participant` ledger entry carries, so a restart knows node and limits.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ParticipantDetails {
+    pub(crate) node: String,
+    #[serde(default)]
+    pub(crate) roles: Vec<String>,
+    #[serde(default)]
+    pub(crate) capacity_kw: Option<Decimal>,
+}
+
+/// Where an order is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OrderStatus {
+    Open,
+    Cancelled,
+    Cleared,
+}
+
+/// An accepted order.
+#[derive(Clone, Debug)]
+pub(crate) struct OrderRecord {
+    pub(crate) id: String,
+    pub(crate) participant: String,
+    pub(crate) interval_start: i64,
+    pub(crate) node: String,
+    pub(crate) side: Side,
+    pub(crate) blocks: Vec<BlockSpec>,
+    pub(crate) device: Option<String>,
+    pub(crate) status: OrderStatus,
+    pub(crate) ledger_seq: u64,
+    pub(crate) accepted: Vec<Decimal>,
+    pub(crate) accepted_total: Option<Decimal>,
+}
+
+impl OrderRecord {
+    pub(crate) fn to_spec(&self) -> OrderSpec {
+        OrderSpec {
+            id: self.id.clone(),
+            participant: Some(self.participant.clone()),
+            node: self.node.clone(),
+            side: self.side,
+            blocks: self.blocks.clone(),
+            device: self.device.clone(),
+        }
+    }
+
+    pub(crate) fn to_proto(&self) -> pb::OrderInfo {
+        pb::OrderInfo {
+            order_id: self.id.clone(),
+            participant_id: self.participant.clone(),
+            interval_start: self.interval_start,
+            node: self.node.clone(),
+            side: side_to_proto(self.side) as i32,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| pb::Block {
+                    quantity: b.quantity.to_string(),
+                    price: b.price.map(|p| p.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            device: self.device.clone(),
+            status: match self.status {
+                OrderStatus::Open => pb::OrderStatus::Open,
+                OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+                OrderStatus::Cleared => pb::OrderStatus::Cleared,
+            } as i32,
+            ledger_seq: self.ledger_seq,
+            accepted: self.accepted.iter().map(|d| d.to_string()).collect(),
+            accepted_total: self
+                .accepted_total
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub(crate) fn side_to_proto(s: Side) -> pb::Side {
+    match s {
+        Side::Buy => pb::Side::Buy,
+        Side::Sell => pb::Side::Sell,
+    }
+}
+
+/// An order that passed every intake check, with the exact signed message to record.
+#[derive(Clone, Debug)]
+pub(crate) struct ValidOrder {
+    pub(crate) record: OrderRecord,
+    pub(crate) nonce: u64,
+    pub(crate) signed: SignedMessageBody,
+}
+
+/// A cancellation that passed every check.
+#[derive(Clone, Debug)]
+pub(crate) struct ValidCancel {
+    pub(crate) order_id: String,
+    pub(crate) participant: String,
+    pub(crate) interval_start: i64,
+    pub(crate) nonce: u64,
+    pub(crate) signed: SignedMessageBody,
+}
+
+/// The interval timing rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) interval_s: i64,
+    pub(crate) gate_lead_s: i64,
+    pub(crate) intervals_ahead: i64,
+}
+
+impl Timing {
+    /// The gate of interval `start` closes at this unix second.
+    pub(crate) fn gate_s(&self, start: i64) -> i64 {
+        start - self.gate_lead_s
+    }
+
+    /// The earliest aligned interval whose gate is still open at `now_ms`.
+    pub(crate) fn earliest_open(&self, now_ms: i64) -> i64 {
+        // Gate open ⇔ (start − lead)·1000 > now_ms ⇔ start > now_s + lead for integer seconds.
+        let t = now_ms.div_euclid(1000) + self.gate_lead_s;
+        (t.div_euclid(self.interval_s) + 1) * self.interval_s
+    }
+}
+
+/// Everything the intake checks and the scheduler share.
+#[derive(Debug, Default)]
+pub(crate) struct MarketState {
+    /// The loaded network (its `orders` are always empty; the books fill them at clearing).
+    pub(crate) network: Option<Arc<MarketSpec>>,
+    pub(crate) paused: bool,
+    pub(crate) participants: HashMap<String, Participant>,
+    /// Last nonce accepted (or reserved by an order in flight to the ledger) per participant.
+    pub(crate) nonces: HashMap<String, u64>,
+    pub(crate) orders: HashMap<String, OrderRecord>,
+    /// Open order ids per interval.
+    pub(crate) books: BTreeMap<i64, BTreeSet<String>>,
+    /// Open orders per participant, including those in flight to the ledger.
+    pub(crate) open_per_participant: HashMap<String, usize>,
+    /// Orders per interval, including those in flight.
+    pub(crate) per_interval: HashMap<i64, usize>,
+    /// Every interval starting at or before this is closed (its gate has closed or it was
+    /// cleared); nothing for it is accepted any more.
+    pub(crate) closed_through: i64,
+    /// Intervals recorded in the ledger (cleared or skipped).
+    pub(crate) cleared: BTreeSet<i64>,
+}
+
+/// Parses a wire decimal: digits with an optional leading `-` and at most one `.`, at most
+/// `scale` decimals. Anything else — exponents, `NaN`, `inf`, spaces, `+` — is refused, so
+/// every accepted number has one spelling's worth of meaning.
+pub(crate) fn parse_decimal(field: &str, text: &str, scale: u32) -> Result<Decimal, ServiceError> {
+    if text.is_empty() {
+        return Err(invalid(field, "is empty"));
+    }
+    if text.len() > DECIMAL_CHARS_MAX {
+        return Err(invalid(
+            field,
+            format!("is longer than {DECIMAL_CHARS_MAX} characters"),
+        ));
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let well_formed = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().filter(|&b| b == b'.').count() <= 1
+        && !digits.starts_with('.')
+        && !digits.ends_with('.');
+    if !well_formed {
+        return Err(invalid(
+            field,
+            format!("{text:?} is not a decimal number (digits, optional '-' and '.')"),
+        ));
+    }
+    let d = Decimal::from_str_exact(text)
+        .map_err(|_| invalid(field, format!("{text:?} is out of range")))?;
+    if d.scale() > scale {
+        return Err(invalid(
+            field,
+            format!("{text:?} has more than {scale} decimal places"),
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks a participant id: the characters that are safe in ledger accounts and order ids.
+pub(crate) fn check_participant_id(id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() || id.len() > PARTICIPANT_ID_BYTES_MAX {
+        return Err(invalid(
+            "participant_id",
+            format!("must be 1 to {PARTICIPANT_ID_BYTES_MAX} bytes"),
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(invalid(
+            "participant_id",
+            format!("{id:?} may only hold ASCII letters, digits, '_', '.' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The id of a participant's order: unique because nonces are.
+pub(crate) fn order_id(participant: &str, nonce: u64) -> String {
+    format!("{participant}-{nonce}")
+}
+
+fn signature(bytes: &[u8], who: &str) -> Result<[u8; 64], ServiceError> {
+    bytes
+        .try_into()
+        .map_err(|_| ServiceError::BadSignature(who.to_string()))
+}
+
+impl MarketState {
+    /// Verifies a participant's signature over `payload`, returning the participant.
+    fn authenticate(
+        &self,
+        participant_id: &str,
+        payload: &[u8],
+        sig: &[u8],
+    ) -> Result<(&Participant, [u8; 64]), ServiceError> {
+        let p = self
+            .participants
+            .get(participant_id)
+            .ok_or_else(|| ServiceError::UnknownParticipant(participant_id.to_string()))?;
+        let sig = signature(sig, participant_id)?;
+        p.key
+            .verify_strict(payload, &Signature::from_bytes(&sig))
+            .map_err(|_| ServiceError::BadSignature(participant_id.to_string()))?;
+        Ok((p, sig))
+    }
+
+    fn check_nonce(&self, participant: &str, nonce: u64) -> Result<(), ServiceError> {
+        let last = self.nonces.get(participant).copied().unwrap_or(0);
+        if nonce <= last {
+            return Err(ServiceError::ReplayedNonce { nonce, last });
+        }
+        Ok(())
+    }
+
+    /// Whether interval `start` accepts orders and cancels at `now_ms`.
+    pub(crate) fn check_open(
+        &self,
+        timing: &Timing,
+        start: i64,
+        now_ms: i64,
+    ) -> Result<(), ServiceError> {
+        if start.rem_euclid(timing.interval_s) != 0 {
+            return Err(invalid(
+                "interval_start",
+                format!(
+                    "{start} is not aligned to the {} s interval",
+                    timing.interval_s
+                ),
+            ));
+        }
+        if start <= self.closed_through || timing.gate_s(start) * 1000 <= now_ms {
+            return Err(ServiceError::GateClosed(format!(
+                "the gate of interval {start} closed at {}",
+                timing.gate_s(start)
+            )));
+        }
+        let earliest = timing.earliest_open(now_ms).max(self.closed_through + 1);
+        let last = earliest + (timing.intervals_ahead - 1) * timing.interval_s;
+        if start > last {
+            return Err(ServiceError::GateClosed(format!(
+                "interval {start} is not open yet (orders are accepted up to {last})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every intake check of a signed order, in the order that makes the status honest:
+    /// authenticity first, then the market's state, then the fields.
+    pub(crate) fn validate_order(
+        &self,
+        signed: &pb::SignedOrder,
+        timing: &Timing,
+        limits: &Limits,
+        now_ms: i64,
+    ) -> Result<ValidOrder, ServiceError> {
+        if signed.order.len() > ORDER_BYTES_MAX {
+            return Err(invalid(
+                "order",
+                format!("is larger than {ORDER_BYTES_MAX} bytes"),
+            ));
+        }
+        let order = pb::Order::decode(signed.order.as_slice())
+            .map_err(|e| invalid("order", format!("is not a serialized baton.v1.Order: {e}")))?;
+        let pid = order.participant_id.as_str();
+        let (participant, sig) = self.authenticate(pid, &signed.order, &signed.signature)?;
+        if !participant.active {
+            return Err(ServiceError::Suspended(pid.to_string()));
+        }
+        let network = self.network.as_ref().ok_or(ServiceError::NoNetwork)?;
+        if self.paused {
+            return Err(ServiceError::Paused);
+        }
+        self.check_nonce(pid, order.nonce)?;
+        if order.node != participant.node {
+            return Err(ServiceError::WrongNode {
+                participant: pid.to_string(),
+                node: order.node.clone(),
+            });
+        }
+        if !network.nodes.iter().any(|n| n.id == order.node) {
+            return Err(invalid(
+                "node",
+                format!("{:?} is not in the network", order.node),
+            ));
+        }
+        self.check_open(timing, order.interval_start, now_ms)?;
+        let side = match pb::Side::try_from(order.side) {
+            Ok(pb::Side::Buy) => Side::Buy,
+            Ok(pb::Side::Sell) => Side::Sell,
+            _ => return Err(invalid("side", "must be SIDE_BUY or SIDE_SELL")),
+        };
+        if order.blocks.is_empty() || order.blocks.len() > BLOCKS_PER_ORDER_MAX {
+            return Err(invalid(
+                "blocks",
+                format!(
+                    "has {} blocks (1 to {BLOCKS_PER_ORDER_MAX} allowed)",
+                    order.blocks.len()
+                ),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(order.blocks.len());
+        for (i, b) in order.blocks.iter().enumerate() {
+            let qf = format!("blocks[{i}].quantity");
+            let q = parse_decimal(&qf, &b.quantity, QUANTITY_SCALE)?;
+            if q <= Decimal::ZERO {
+                return Err(invalid(qf, format!("{q} is not positive")));
+            }
+            let cap = participant.capacity_kw.unwrap_or(QUANTITY_ABS_MAX);
+            if q > cap || q > QUANTITY_ABS_MAX {
+                return Err(invalid(
+                    qf,
+                    format!("{q} exceeds the participant's capacity of {cap} kW"),
+                ));
+            }
+            let price = if b.price.is_empty() {
+                None
+            } else {
+                let pf = format!("blocks[{i}].price");
+                let p = parse_decimal(&pf, &b.price, PRICE_SCALE)?;
+                if p < network.price_floor || p > network.price_cap {
+                    return Err(invalid(
+                        pf,
+                        format!(
+                            "{p} is outside the market's floor {} and cap {}",
+                            network.price_floor, network.price_cap
+                        ),
+                    ));
+                }
+                Some(p)
+            };
+            blocks.push(BlockSpec { quantity: q, price });
+        }
+        if let Some(d) = &order.device {
+            match network.devices.iter().find(|x| &x.id == d) {
+                Some(dev) if dev.node == order.node => {}
+                Some(_) => return Err(invalid("device", format!("{d:?} is at another node"))),
+                None => return Err(invalid("device", format!("{d:?} is not in the network"))),
+            }
+        }
+        let open = self.open_per_participant.get(pid).copied().unwrap_or(0);
+        if open >= limits.open_orders_per_participant_max {
+            return Err(ServiceError::Limit {
+                what: "open orders per participant",
+                limit: limits.open_orders_per_participant_max,
+            });
+        }
+        let in_interval = self
+            .per_interval
+            .get(&order.interval_start)
+            .copied()
+            .unwrap_or(0);
+        if in_interval >= limits.orders_per_interval_max {
+            return Err(ServiceError::Limit {
+                what: "orders per interval",
+                limit: limits.orders_per_interval_max,
+            });
+        }
+        let id = order_id(pid, order.nonce);
+        Ok(ValidOrder {
+            record: OrderRecord {
+                id: id.clone(),
+                participant: pid.to_string(),
+                interval_start: order.interval_start,
+                node: order.node.clone(),
+                side,
+                blocks,
+                device: order.device.clone(),
+                status: OrderStatus::Open,
+                ledger_seq: 0,
+                accepted: Vec::new(),
+                accepted_total: None,
+            },
+            nonce: order.nonce,
+            signed: SignedMessageBody {
+                order_id: Some(id),
+                participant_id: pid.to_string(),
+                payload: signed.order.clone(),
+                signature: sig,
+            },
+        })
+    }
+
+    /// Holds the nonce and the limits' counts for an order on its way to the ledger, so a
+    /// concurrent duplicate is refused before either is durable.
+    pub(crate) fn reserve_order(&mut self, v: &ValidOrder) {
+        self.nonces.insert(v.record.participant.clone(), v.nonce);
+        *self
+            .open_per_participant
+            .entry(v.record.participant.clone())
+            .or_default() += 1;
+        *self
+            .per_interval
+            .entry(v.record.interval_start)
+            .or_default() += 1;
+    }
+
+    /// Gives back the counts of an order the ledger did not take (its nonce stays used: a
+    /// client retries with a new nonce).
+    pub(crate) fn release_order(&mut self, v: &ValidOrder) {
+        if let Some(n) = self.open_per_participant.get_mut(&v.record.participant) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self.per_interval.get_mut(&v.record.interval_start) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Puts a durable order into its book.
+    pub(crate) fn insert_order(&mut self, mut record: OrderRecord, seq: u64) {
+        record.ledger_seq = seq;
+        self.books
+            .entry(record.interval_start)
+            .or_default()
+            .insert(record.id.clone());
+        self.orders.insert(record.id.clone(), record);
+    }
+
+    /// Checks a signed cancel.
+    pub(crate) fn validate_cancel(
+        &self,
+        signed: &pb::SignedRequest,
+        timing: &Timing,
+        now_ms: i64,
+        wall_now_s: i64,
+        window_s: i64,
+    ) -> Result<ValidCancel, ServiceError> {
+        if signed.request.len() > REQUEST_BYTES_MAX {
+            return Err(invalid(
+                "request",
+                format!("is larger than {REQUEST_BYTES_MAX} bytes"),
+            ));
+        }
+        let req = pb::CancelRequest::decode(signed.request.as_slice()).map_err(|e| {
+            invalid(
+                "request",
+                format!("is not a serialized baton.v1.CancelRequest: {e}"),
+            )
+        })?;
+        let pid = req.participant_id.as_str();
+        let (participant, sig) = self.authenticate(pid, &signed.request, &signed.signature)?;
+        if !participant.active {
+            return Err(ServiceError::Suspended(pid.to_string()));
+        }
+        check_timestamp(req.timestamp, wall_now_s, window_s)?;
+        self.check_nonce(pid, req.nonce)?;
+        let order = self
+            .orders
+            .get(&req.order_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("order {:?}", req.order_id)))?;
+        if order.participant != pid {
+            return Err(ServiceError::NotYourOrder(req.order_id.clone()));
+        }
+        if order.status != OrderStatus::Open {
+            return Err(ServiceError::NotOpen(req.order_id.clone()));
+        }
+        self.check_open(timing, order.interval_start, now_ms)?;
+        Ok(ValidCancel {
+            order_id: req.order_id.clone(),
+            participant: pid.to_string(),
+            interval_start: order.interval_start,
+            nonce: req.nonce,
+            signed: SignedMessageBody {
+                order_id: Some(req.order_id.clone()),
+                participant_id: pid.to_string(),
+                payload: signed.request.clone(),
+                signature: sig,
+            },
+        })
+    }
+
+    /// Applies a durable cancel.
+    pub(crate) fn apply_cancel(&mut self, order_id: &str) {
+        let Some(o) = self.orders.get_mut(order_id) else {
+            return;
+        };
+        if o.status != OrderStatus::Open {
+            return;
+        }
+        o.status = OrderStatus::Cancelled;
+        if let Some(b) = self.books.get_mut(&o.interval_start) {
+            b.remove(order_id);
+        }
+        if let Some(n) = self.open_per_participant.get_mut(&o.participant) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self.per_interval.get_mut(&o.interval_start) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Checks a signed read and returns the query.
+    pub(crate) fn authenticate_query(
+        &self,
+        signed: &pb::SignedRequest,
+        wall_now_s: i64,
+        window_s: i64,
+    ) -> Result<pb::ParticipantQuery, ServiceError> {
+        if signed.request.len() > REQUEST_BYTES_MAX {
+            return Err(invalid(
+                "request",
+                format!("is larger than {REQUEST_BYTES_MAX} bytes"),
+            ));
+        }
+        let q = pb::ParticipantQuery::decode(signed.request.as_slice()).map_err(|e| {
+            invalid(
+                "request",
+                format!("is not a serialized baton.v1.ParticipantQuery: {e}"),
+            )
+        })?;
+        self.authenticate(&q.participant_id, &signed.request, &signed.signature)?;
+        check_timestamp(q.timestamp, wall_now_s, window_s)?;
+        Ok(q)
+    }
+
+    /// Takes the open book of `start` out for clearing: its orders become cleared.
+    pub(crate) fn freeze(&mut self, start: i64) -> Vec<OrderRecord> {
+        let ids = self.books.remove(&start).unwrap_or_default();
+        self.per_interval.remove(&start);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(o) = self.orders.get_mut(&id) {
+                o.status = OrderStatus::Cleared;
+                if let Some(n) = self.open_per_participant.get_mut(&o.participant) {
+                    *n = n.saturating_sub(1);
+                }
+                out.push(o.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Refuses a request signed too far from now (wall time: a replay window, not market time).
+pub(crate) fn check_timestamp(ts: i64, now_s: i64, window_s: i64) -> Result<(), ServiceError> {
+    if (ts - now_s).abs() > window_s {
+        return Err(invalid(
+            "timestamp",
+            format!("{ts} is more than {window_s} s from the server's time {now_s}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a hex ed25519 public key.
+pub(crate) fn parse_key(field: &str, hex_text: &str) -> Result<VerifyingKey, ServiceError> {
+    let bytes: [u8; 32] = hex::decode(hex_text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| invalid(field, "must be 64 hex digits"))?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| invalid(field, "is not an ed25519 public key"))?;
+    if key.is_weak() {
+        return Err(invalid(field, "is a weak key"));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_have_one_spelling() {
+        assert_eq!(parse_decimal("q", "12.5", 6).unwrap().to_string(), "12.5");
+        assert_eq!(parse_decimal("q", "-0.03", 6).unwrap().to_string(), "-0.03");
+        for bad in [
+            "", "NaN", "nan", "inf", "-inf", "1e3", "+1", " 1", "1.", ".5", "1.2.3", "0x10", "1,5",
+            "--1",
+        ] {
+            let e = parse_decimal("blocks[0].quantity", bad, 6).unwrap_err();
+            assert!(
+                e.to_string().starts_with("blocks[0].quantity"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse_decimal("q", "0.0000001", 6).is_err());
+        assert!(parse_decimal("q", "99999999999999999999999999999999", 6).is_err());
+    }
+
+    #[test]
+    fn earliest_open_interval_is_after_the_gate() {
+        let t = Timing {
+            interval_s: 300,
+            gate_lead_s: 60,
+            intervals_ahead: 3,
+        };
+        // At 00:03:59.999 the gate of 00:05 (closing 00:04) is open.
+        assert_eq!(t.earliest_open(239_999), 300);
+        // At 00:04:00.000 it has closed; 00:10 is next.
+        assert_eq!(t.earliest_open(240_000), 600);
+    }
+}

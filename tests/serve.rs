@@ -1,0 +1,802 @@
+//! `baton serve` end to end: a real server on 127.0.0.1:0, a real ledger database, a real tonic
+//! client over loopback, and an accelerated clock so gates close within seconds.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton::server::{self, Limits, ScaledClock, ServerConfig};
+use baton_ledger::{EntryKind, Ledger, OperatorKey};
+use baton_proto::v1 as pb;
+use ed25519_dalek::{Signer, SigningKey};
+use pb::admin_request::Command;
+use pb::admin_service_client::AdminServiceClient;
+use pb::audit_service_client::AuditServiceClient;
+use pb::market_service_client::MarketServiceClient;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const OPERATOR_SEED: [u8; 32] = [7; 32];
+const INTERVAL_S: i64 = 300;
+const GATE_LEAD_S: i64 = 60;
+const TWO_NODE: &str = include_str!("../scenarios/two-node.toml");
+/// Real seconds a test waits for a result before failing.
+const RESULT_WAIT_S: u64 = 30;
+
+fn wall_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An aligned market time well away from the real one (the market runs on its own clock).
+const T0: i64 = 1_800_000_000 - 1_800_000_000 % INTERVAL_S;
+
+struct Options {
+    scenario: bool,
+    /// Market seconds per real second.
+    scale: f64,
+    open_orders_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            scenario: true,
+            // Slow enough that no gate closes during a refusal test.
+            scale: 1.0,
+            open_orders_max: 64,
+        }
+    }
+}
+
+struct Harness {
+    market: MarketServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+    audit: AuditServiceClient<Channel>,
+    admin_nonce: u64,
+    db_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+}
+
+async fn start(db_url: String, o: Options) -> Harness {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = ServerConfig::new(db_url.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
+    // One second into T0: the first open interval is T0 + 300, whose gate closes at T0 + 240.
+    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, o.scale));
+    config.gate_lead_s = GATE_LEAD_S;
+    config.intervals_ahead = 3;
+    config.scenario = o.scenario.then(|| TWO_NODE.to_string());
+    config.limits = Limits {
+        open_orders_per_participant_max: o.open_orders_max,
+        ..Limits::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    let url = format!("http://{addr}");
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    Harness {
+        market: MarketServiceClient::new(channel.clone()),
+        admin: AdminServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel),
+        admin_nonce: 0,
+        db_url,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("baton.db").display())
+}
+
+impl Harness {
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("server stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    fn admin_request(&mut self, command: Command) -> pb::SignedAdminRequest {
+        self.admin_nonce += 1;
+        let request = pb::AdminRequest {
+            timestamp: wall_s(),
+            nonce: self.admin_nonce,
+            command: Some(command),
+        }
+        .encode_to_vec();
+        let signature = OperatorKey::from_seed(&OPERATOR_SEED)
+            .sign(&request)
+            .to_vec();
+        pb::SignedAdminRequest { request, signature }
+    }
+
+    async fn register(&mut self, id: &str, key: &SigningKey, node: &str, capacity: &str) {
+        let r = self.admin_request(Command::RegisterParticipant(pb::RegisterParticipant {
+            participant_id: id.into(),
+            public_key_hex: hex::encode(key.verifying_key().to_bytes()),
+            node: node.into(),
+            roles: vec!["prosumer".into()],
+            capacity_kw: capacity.into(),
+        }));
+        let ack = self.admin.register_participant(r).await.unwrap();
+        assert!(ack.get_ref().ledger_seq > 0);
+    }
+
+    async fn admin_call(&mut self, command: Command) -> Result<(), tonic::Status> {
+        let r = self.admin_request(command.clone());
+        match command {
+            Command::SuspendParticipant(_) => self.admin.suspend_participant(r).await.map(|_| ()),
+            Command::Pause(_) => self.admin.pause(r).await.map(|_| ()),
+            Command::Resume(_) => self.admin.resume(r).await.map(|_| ()),
+            Command::LoadScenario(_) => self.admin.load_scenario(r).await.map(|_| ()),
+            _ => panic!("not used by the tests"),
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        key: &SigningKey,
+        order: &pb::Order,
+    ) -> Result<pb::SubmitOrderResponse, tonic::Status> {
+        self.market
+            .submit_order(sign_order(key, order))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn sign_order(key: &SigningKey, order: &pb::Order) -> pb::SignedOrder {
+    let bytes = order.encode_to_vec();
+    pb::SignedOrder {
+        signature: key.sign(&bytes).to_bytes().to_vec(),
+        order: bytes,
+    }
+}
+
+fn query(key: &SigningKey, participant: &str) -> pb::SignedRequest {
+    let request = pb::ParticipantQuery {
+        participant_id: participant.into(),
+        timestamp: wall_s(),
+        order_id: String::new(),
+        interval_start: 0,
+    }
+    .encode_to_vec();
+    pb::SignedRequest {
+        signature: key.sign(&request).to_bytes().to_vec(),
+        request,
+    }
+}
+
+fn order(
+    participant: &str,
+    nonce: u64,
+    node: &str,
+    side: pb::Side,
+    blocks: &[(&str, &str)],
+) -> pb::Order {
+    pb::Order {
+        participant_id: participant.into(),
+        nonce,
+        interval_start: T0 + INTERVAL_S,
+        node: node.into(),
+        side: side as i32,
+        blocks: blocks
+            .iter()
+            .map(|(q, p)| pb::Block {
+                quantity: q.to_string(),
+                price: p.to_string(),
+            })
+            .collect(),
+        device: None,
+    }
+}
+
+/// The whole path on one database: register, submit, gate closure, result and fills on the
+/// watch streams, then an offline audit and a re-clear of every recorded interval.
+async fn end_to_end(db_url: String) {
+    // 60× real time: the gate of T0 + 300 closes 239 market seconds (≈ 4 s) after start.
+    let mut h = start(
+        db_url.clone(),
+        Options {
+            scale: 60.0,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (alice, bob) = (key(1), key(2));
+    h.register("alice", &alice, "A", "50").await;
+    h.register("bob", &bob, "B", "100").await;
+    let mut results = h
+        .market
+        .watch_results(pb::WatchResultsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fills = h
+        .market
+        .watch_fills(query(&bob, "bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = h
+        .submit(
+            &alice,
+            &order("alice", 1, "A", pb::Side::Sell, &[("40", "0.04")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.order_id, "alice-1");
+    assert!(a.ledger_seq > 0);
+    // Bob's order through the client stream, with one refused (replayed nonce) beside it.
+    let bob_order = order(
+        "bob",
+        1,
+        "B",
+        pb::Side::Buy,
+        &[("50", "0.45"), ("20", "0.35")],
+    );
+    let stream = tokio_stream::iter(vec![
+        sign_order(&bob, &bob_order),
+        sign_order(&bob, &bob_order),
+    ]);
+    let out = h.market.submit_orders(stream).await.unwrap().into_inner();
+    assert_eq!((out.accepted, out.refused), (1, 1));
+    match &out.outcomes[1].outcome {
+        Some(pb::submit_outcome::Outcome::Refused(r)) => {
+            assert_eq!(r.code, Code::AlreadyExists as i32, "{}", r.message)
+        }
+        other => panic!("second copy should be refused: {other:?}"),
+    }
+    let result = tokio::time::timeout(Duration::from_secs(RESULT_WAIT_S), results.message())
+        .await
+        .expect("a result within the wait")
+        .unwrap()
+        .expect("a result");
+    assert_eq!(result.interval_start, T0 + INTERVAL_S);
+    assert_eq!(result.orders, 2);
+    // The cable A→B (60 kW) is congested: B is priced by bob's 0.35 block, A by the grid's
+    // 0.30 import (solar 40 + grid 20 = the 60 that flow to B).
+    let price = |n: &str| {
+        result
+            .prices
+            .iter()
+            .find(|p| p.node == n)
+            .unwrap()
+            .price
+            .parse::<rust_decimal::Decimal>()
+            .unwrap()
+    };
+    assert_eq!(price("B"), rust_decimal::Decimal::new(35, 2));
+    assert_eq!(price("A"), rust_decimal::Decimal::new(30, 2));
+    assert!(result.ledger_last_seq >= result.ledger_first_seq + 2);
+    let fill = tokio::time::timeout(Duration::from_secs(RESULT_WAIT_S), fills.message())
+        .await
+        .expect("a fill within the wait")
+        .unwrap()
+        .expect("a fill");
+    assert_eq!(fill.order_id, "bob-1");
+    // 50 + 10 kW at 0.35 for 5 minutes: 60 × 0.35 × 5/60 = 1.75 paid.
+    assert_eq!(
+        fill.accepted_total
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        60.into()
+    );
+    assert_eq!(fill.payment, "-1.75");
+    let again = h
+        .market
+        .get_interval_result(pb::GetIntervalResultRequest {
+            interval_start: T0 + INTERVAL_S,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, result);
+    // The audit service proves the settlement entry is in the checkpointed tree.
+    let proof = h
+        .audit
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            seq: result.ledger_last_seq,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let entry_hash: [u8; 32] = proof.entry_hash.as_slice().try_into().unwrap();
+    let root: [u8; 32] = proof.root.as_slice().try_into().unwrap();
+    let path: Vec<[u8; 32]> = proof
+        .path
+        .iter()
+        .map(|p| p.as_slice().try_into().unwrap())
+        .collect();
+    assert!(baton_ledger::merkle::verify_inclusion(
+        proof.seq - 1,
+        proof.tree_size,
+        &entry_hash,
+        &path,
+        &root
+    ));
+    h.stop().await;
+    check_ledger(
+        &db_url,
+        1,
+        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
+    )
+    .await;
+}
+
+/// Verifies the ledger offline and re-clears every recorded interval; returns the intervals.
+async fn check_ledger(
+    db_url: &str,
+    intervals_min: usize,
+    operator: &baton_ledger::PublicKey,
+) -> Vec<i64> {
+    let report = baton_ledger::audit::verify(db_url, operator, None)
+        .await
+        .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
+    assert!(report.participant_signatures >= 1);
+    let ledger = Ledger::open_existing(db_url).await.unwrap();
+    let entries = ledger.entries(1, u64::MAX).await.unwrap();
+    ledger.close().await;
+    let mut intervals = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::IntervalInput)
+    {
+        let s = e.interval_start.unwrap();
+        let body = |k: EntryKind| {
+            entries
+                .iter()
+                .find(|x| x.kind == k && x.interval_start == Some(s))
+                .unwrap_or_else(|| panic!("interval {s}: no {k:?}"))
+                .body
+                .clone()
+        };
+        let r = baton::record::reclear(
+            s,
+            &e.body,
+            &body(EntryKind::IntervalResult),
+            &body(EntryKind::Settlement),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(r.interval, s);
+        intervals.push(s);
+    }
+    let mut unique = intervals.clone();
+    unique.dedup();
+    assert_eq!(unique, intervals, "an interval was recorded twice");
+    assert!(intervals.len() >= intervals_min, "{intervals:?}");
+    intervals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_clear_at_the_gate_and_the_ledger_reclears_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    end_to_end(sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_clear_at_the_gate_and_the_ledger_reclears_on_postgres() {
+    let Ok(base) = std::env::var("BATON_TEST_POSTGRES_URL") else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: BATON_TEST_POSTGRES_URL unset \u{2014} the PostgreSQL serve test did not run"
+        );
+        return;
+    };
+    let schema = format!("serve_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("connect to postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    end_to_end(format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+}
+
+/// A server with alice at A and bob at B registered, nothing submitted.
+async fn with_participants(o: Options) -> (tempfile::TempDir, Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(sqlite_url(&dir), o).await;
+    h.register("alice", &key(1), "A", "50").await;
+    h.register("bob", &key(2), "B", "100").await;
+    (dir, h)
+}
+
+fn sell(nonce: u64, q: &str, p: &str) -> pb::Order {
+    order("alice", nonce, "A", pb::Side::Sell, &[(q, p)])
+}
+
+#[tokio::test]
+async fn a_bad_signature_is_unauthenticated() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let e = h.submit(&key(9), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_participant_is_unauthenticated() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let mut o = sell(1, "10", "0.05");
+    o.participant_id = "mallory".into();
+    let e = h.submit(&key(9), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_suspended_participant_is_permission_denied() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    h.admin_call(Command::SuspendParticipant(pb::SuspendParticipant {
+        participant_id: "alice".into(),
+    }))
+    .await
+    .unwrap();
+    let e = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
+
+#[tokio::test]
+async fn another_participants_node_is_permission_denied() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let o = order("alice", 1, "B", pb::Side::Sell, &[("10", "0.05")]);
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_nonce_is_already_exists() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let o = sell(5, "10", "0.05");
+    h.submit(&key(1), &o).await.unwrap();
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = h.submit(&key(1), &sell(4, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+}
+
+#[tokio::test]
+async fn bad_numbers_are_invalid_arguments_naming_the_field() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let cases = [
+        (("12,5", "0.05"), "blocks[0].quantity"),
+        (("NaN", "0.05"), "blocks[0].quantity"),
+        (("-5", "0.05"), "blocks[0].quantity"),
+        (("0", "0.05"), "blocks[0].quantity"),
+        (("1e3", "0.05"), "blocks[0].quantity"),
+        (("0.0000001", "0.05"), "blocks[0].quantity"),
+        (("51", "0.05"), "blocks[0].quantity"),
+        (("10", "inf"), "blocks[0].price"),
+        (("10", "99"), "blocks[0].price"),
+    ];
+    for (i, ((q, p), field)) in cases.iter().enumerate() {
+        let e = h
+            .submit(&key(1), &sell(i as u64 + 1, q, p))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{q} {p}: {e:?}");
+        assert!(e.message().starts_with(field), "{q} {p}: {}", e.message());
+    }
+}
+
+#[tokio::test]
+async fn malformed_order_bytes_are_invalid_argument() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let bytes = vec![0xff, 0xff, 0xff, 0x0f, 0x01];
+    let e = h
+        .market
+        .submit_order(pb::SignedOrder {
+            signature: key(1).sign(&bytes).to_bytes().to_vec(),
+            order: bytes,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("order"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_closed_gate_is_failed_precondition() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let mut o = sell(1, "10", "0.05");
+    // T0 started a second ago; its gate closed a minute before that.
+    o.interval_start = T0;
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // Too far ahead: three intervals are open, the fourth is not.
+    o.interval_start = T0 + 4 * INTERVAL_S;
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    o.interval_start = T0 + 3 * INTERVAL_S;
+    h.submit(&key(1), &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_paused_market_is_failed_precondition() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    h.admin_call(Command::Pause(pb::Pause {})).await.unwrap();
+    let e = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    h.admin_call(Command::Resume(pb::Resume {})).await.unwrap();
+    h.submit(&key(1), &sell(2, "10", "0.05")).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_network_is_failed_precondition_until_a_scenario_loads() {
+    let (_d, mut h) = with_participants(Options {
+        scenario: false,
+        ..Options::default()
+    })
+    .await;
+    let e = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    h.admin_call(Command::LoadScenario(pb::LoadScenario {
+        toml: TWO_NODE.into(),
+    }))
+    .await
+    .unwrap();
+    h.submit(&key(1), &sell(2, "10", "0.05")).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_open_order_limit_is_resource_exhausted() {
+    let (_d, mut h) = with_participants(Options {
+        open_orders_max: 2,
+        ..Options::default()
+    })
+    .await;
+    h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+    h.submit(&key(1), &sell(2, "10", "0.05")).await.unwrap();
+    let e = h.submit(&key(1), &sell(3, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+}
+
+#[tokio::test]
+async fn an_admin_request_not_signed_by_the_operator_is_unauthenticated() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let mut r = h.admin_request(Command::Pause(pb::Pause {}));
+    r.signature = key(1).sign(&r.request).to_bytes().to_vec();
+    let e = h.admin.pause(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_restart_keeps_participants_nonces_and_open_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(sqlite_url(&dir), Options::default()).await;
+    h.register("alice", &key(1), "A", "50").await;
+    let ack = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+    h.stop().await;
+    let mut h = start(sqlite_url(&dir), Options::default()).await;
+    // The nonce survived: a replay is refused; the participant is known without registering.
+    let e = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let listed = h
+        .market
+        .list_orders(query(&key(1), "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.orders.len(), 1);
+    assert_eq!(listed.orders[0].order_id, ack.order_id);
+    assert_eq!(listed.orders[0].ledger_seq, ack.ledger_seq);
+    h.stop().await;
+    let _ = h.db_url;
+}
+
+/// A `baton serve` child process and the address it printed.
+struct Child {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // A failed test must not leave a server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve(dir: &std::path::Path) -> Child {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(format!("sqlite://{}", dir.join("baton.db").display()))
+        .arg("--operator-key")
+        .arg(dir.join("operator.key"))
+        .arg("--scenario")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/two-node.toml"
+        ))
+        // One-minute intervals at 20× real time: a gate closes every 3 real seconds.
+        .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
+        .args(["--intervals-ahead", "2", "--time-scale", "20"])
+        .args(["--open-orders-max", "1000000"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.strip_prefix("baton: listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("baton serve prints its address");
+    Child { child, addr }
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn signed_admin(key: &OperatorKey, nonce: u64, command: Command) -> pb::SignedAdminRequest {
+    let request = pb::AdminRequest {
+        timestamp: wall_s(),
+        nonce,
+        command: Some(command),
+    }
+    .encode_to_vec();
+    pb::SignedAdminRequest {
+        signature: key.sign(&request).to_vec(),
+        request,
+    }
+}
+
+/// SIGKILL during intake loses no acknowledged order and clears no interval twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = spawn_serve(dir.path());
+    let operator = OperatorKey::load(&dir.path().join("operator.key")).unwrap();
+    let ch = connect(&c.addr).await;
+    let mut admin = AdminServiceClient::new(ch.clone());
+    let mut market = MarketServiceClient::new(ch);
+    let alice = key(1);
+    admin
+        .register_participant(signed_admin(
+            &operator,
+            1,
+            Command::RegisterParticipant(pb::RegisterParticipant {
+                participant_id: "alice".into(),
+                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
+                node: "A".into(),
+                roles: vec!["prosumer".into()],
+                capacity_kw: "50".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    // Submit for whatever interval is open until the kill; remember every ack.
+    let mut acked: Vec<pb::SubmitOrderResponse> = Vec::new();
+    let t_kill = std::time::Instant::now() + Duration::from_millis(2_500);
+    let mut nonce = 0;
+    let mut admin_nonce = 1;
+    while std::time::Instant::now() < t_kill {
+        admin_nonce += 1;
+        let status = admin
+            .status(signed_admin(
+                &operator,
+                admin_nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..20 {
+            nonce += 1;
+            let mut o = order("alice", nonce, "A", pb::Side::Sell, &[("1", "0.05")]);
+            o.interval_start = status.next_interval_start;
+            match market.submit_order(sign_order(&alice, &o)).await {
+                Ok(a) => acked.push(a.into_inner()),
+                Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}"),
+            }
+        }
+    }
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    assert!(acked.len() > 20, "only {} orders acknowledged", acked.len());
+
+    // Restart on the same ledger; wait until every acknowledged interval is cleared.
+    let mut c = spawn_serve(dir.path());
+    let mut admin = AdminServiceClient::new(connect(&c.addr).await);
+    let last = acked.iter().map(|a| a.interval_start).max().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
+    let mut admin_nonce = 1;
+    loop {
+        admin_nonce += 1;
+        let s = admin
+            .status(signed_admin(
+                &operator,
+                admin_nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.last_cleared_interval >= last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval {last} not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM: a graceful stop.
+    let pid = c.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    c.child.wait().unwrap();
+
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let ledger = Ledger::open_existing(&url).await.unwrap();
+    let entries = ledger.entries(1, u64::MAX).await.unwrap();
+    ledger.close().await;
+    for a in &acked {
+        let e = &entries[(a.ledger_seq - 1) as usize];
+        assert_eq!(e.kind, EntryKind::Order, "{a:?}");
+        let body = baton_ledger::SignedMessageBody::from_bytes(EntryKind::Order, &e.body).unwrap();
+        assert_eq!(body.order_id.as_deref(), Some(a.order_id.as_str()));
+    }
+    // Every acknowledged order was in exactly one cleared book.
+    let mut cleared_orders = std::collections::BTreeMap::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::IntervalInput)
+    {
+        let input: baton::record::IntervalInput = serde_json::from_slice(&e.body).unwrap();
+        for o in input.market.orders {
+            *cleared_orders.entry(o.id).or_insert(0) += 1;
+        }
+    }
+    for a in &acked {
+        assert_eq!(cleared_orders.get(&a.order_id), Some(&1), "{}", a.order_id);
+    }
+    let intervals = check_ledger(&url, 1, &operator.public_key()).await;
+    eprintln!(
+        "crash test: {} orders acknowledged, {} intervals recorded",
+        acked.len(),
+        intervals.len()
+    );
+}
