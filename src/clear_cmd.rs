@@ -6,8 +6,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use baton_engine::{clear_with, settle, study, Market, MarketSpec, Method};
 
-/// Reads a market file: study JSON or native TOML scenario.
-pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market)> {
+/// Reads a market file: study JSON or native TOML scenario. The flag says whether numbers were
+/// rounded to the fixed scales (study JSON) rather than required exact (scenarios).
+pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market, bool)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() > study::STUDY_FILE_BYTES_MAX {
         bail!(
@@ -31,7 +32,7 @@ pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market)> {
         Market::new_rounding(&spec)
     }
     .with_context(|| format!("{}", path.display()))?;
-    Ok((spec, market))
+    Ok((spec, market, !is_toml))
 }
 
 /// Where and how to record a one-shot clearing.
@@ -58,8 +59,7 @@ pub(crate) fn run(
     if record.is_some() && method != Method::Auto {
         bail!("--ledger records clearings by the default method only (the one re-clear uses)");
     }
-    let (spec, market) = load_market(path)?;
-    let rounding = path.extension().is_none_or(|e| e != "toml");
+    let (spec, market, rounding) = load_market(path)?;
     let t_load = t0.elapsed().as_secs_f64();
     let (clearing, stats) = clear_with(&market, method).context("clearing failed")?;
     let settlement = settle(&market, &clearing);

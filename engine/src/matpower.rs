@@ -68,25 +68,22 @@ pub fn import(text: &str, name: &str) -> Result<MarketSpec, MatpowerError> {
     let d = |x: f64, scale: u32| round_at(Decimal::from_f64(x).unwrap_or_default(), scale);
 
     let mut nodes = Vec::with_capacity(case.bus.len());
-    let mut orders = Vec::new();
+    let mut loads = Vec::new();
     for r in 0..case.bus.len() {
         let id = fmt_id(col("bus", &case.bus, r, 0)?);
         let pd = col("bus", &case.bus, r, 2)?;
         if pd > 0.0 {
-            orders.push((
-                1,
-                OrderSpec {
-                    id: format!("d{id}"),
-                    participant: None,
-                    node: id.clone(),
-                    side: Side::Buy,
-                    blocks: vec![BlockSpec {
-                        quantity: d(pd, QUANTITY_SCALE),
-                        price: Some(LOAD_PRICE),
-                    }],
-                    device: None,
-                },
-            ));
+            loads.push(OrderSpec {
+                id: format!("d{id}"),
+                participant: None,
+                node: id.clone(),
+                side: Side::Buy,
+                blocks: vec![BlockSpec {
+                    quantity: d(pd, QUANTITY_SCALE),
+                    price: Some(LOAD_PRICE),
+                }],
+                device: None,
+            });
         }
         nodes.push(NodeSpec { id });
     }
@@ -144,9 +141,8 @@ pub fn import(text: &str, name: &str) -> Result<MarketSpec, MatpowerError> {
             capacity: (rate > 0.0).then(|| d(rate, QUANTITY_SCALE)),
         });
     }
-    let _ = case.base_mva;
     let mut all = gens;
-    all.extend(orders.into_iter().map(|(_, o)| o));
+    all.extend(loads);
     Ok(MarketSpec {
         name: name.to_string(),
         interval_minutes: 60,
