@@ -5,5 +5,6 @@
 //! checked by [`record::reclear`], whoever cleared it (the one-shot `baton clear --ledger` or
 //! the live market), so one re-clear checks both.
 
+pub mod agents;
 pub mod record;
 pub mod server;
