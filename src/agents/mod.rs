@@ -55,6 +55,7 @@ use thiserror::Error;
 pub mod devices;
 pub mod population;
 mod rng;
+pub mod runner;
 pub mod strategy;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ mod tests;
 
 pub use devices::{Battery, Ev, Household, Moment, Pv};
 pub use population::{GridPrices, Population, PopulationFile};
+pub use runner::{register, run, IntervalReport, RunConfig, RunError, RunSummary};
 pub use strategy::{Agent, MarketContext, Plan, PlannedBlock, PlannedFlex, PlannedOrder, Purpose};
 
 /// Why a population could not be built or an agent could not take a result.

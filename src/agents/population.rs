@@ -214,6 +214,24 @@ impl PopulationFile {
         Ok(f)
     }
 
+    /// Reads and checks a population file, and reads the network scenario it names (relative
+    /// to the file): the file and the scenario's TOML text.
+    pub fn read(path: &Path) -> Result<(PopulationFile, String), AgentsError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| AgentsError::Io {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let file = PopulationFile::parse(&read(path)?)?;
+        let net_path = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(&file.network);
+        let network = read(&net_path)?;
+        Ok((file, network))
+    }
+
     fn check(&self) -> Result<(), AgentsError> {
         let (zero, one) = (Decimal::ZERO, Decimal::ONE);
         if self.prosumers == 0 || self.prosumers > AGENTS_MAX {
@@ -367,19 +385,8 @@ pub struct Population {
 impl Population {
     /// Reads a population file and the network scenario it names, and generates the agents.
     pub fn load(path: &Path) -> Result<Population, AgentsError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| AgentsError::Io {
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            })
-        };
-        let file = PopulationFile::parse(&read(path)?)?;
-        let net_path = path
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(&file.network);
-        let net_text = read(&net_path)?;
-        Population::generate(&file, &net_text)
+        let (file, network) = PopulationFile::read(path)?;
+        Population::generate(&file, &network)
     }
 
     /// Generates the agents from a checked file and the network scenario's TOML (pure).
