@@ -205,6 +205,7 @@ fn order(
             })
             .collect(),
         device: None,
+        product: pb::Product::Energy as i32,
     }
 }
 
