@@ -250,3 +250,47 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
     let again = recorded(&second.db_url).await;
     assert_eq!(ledger, again, "same seed, same recorded intervals");
 }
+
+/// `baton agents --write-participants` without a server writes the registration CSV and
+/// nothing else: one line per prosumer, the same bytes the library generates.
+#[test]
+fn the_cli_writes_the_participants_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("participants.csv");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["agents", "--scenario"])
+        .arg(root.join("scenarios/ieee33-agents.toml"))
+        .args([
+            "--seed",
+            "2027",
+            "--prosumers",
+            "30",
+            "--write-participants",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut f = PopulationFile::parse(POPULATION).unwrap();
+    f.seed = SEED;
+    f.prosumers = AGENTS;
+    assert_eq!(
+        text,
+        Population::generate(&f, FEEDER).unwrap().participants_csv()
+    );
+    assert_eq!(text.lines().count(), AGENTS + 1);
+    // Without --server or --write-participants there is nothing to do: refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["agents", "--scenario"])
+        .arg(root.join("scenarios/ieee33-agents.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+}

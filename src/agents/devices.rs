@@ -320,6 +320,9 @@ pub struct Ev {
     departure_min: i64,
     session: Option<i64>,
     delivered_kwmin: Decimal,
+    /// The first interval the EV was given a fill for: a session that began before it began
+    /// before the simulation, and is assumed to have charged on track until then.
+    first_seen: Option<i64>,
 }
 
 impl Ev {
@@ -338,6 +341,7 @@ impl Ev {
             departure_min: departure_min.rem_euclid(MINUTES_PER_DAY),
             session: None,
             delivered_kwmin: Decimal::ZERO,
+            first_seen: None,
         }
     }
 
@@ -371,21 +375,39 @@ impl Ev {
         })
     }
 
-    /// Energy still needed in `session`, kW·min (never negative).
-    pub fn remaining_kwmin(&self, session: &Session) -> Decimal {
-        let delivered = if self.session == Some(session.arrival) {
-            self.delivered_kwmin
-        } else {
-            Decimal::ZERO
-        };
-        (self.need_kwh * MINUTES_PER_HOUR - delivered).max(Decimal::ZERO)
+    /// Energy delivered in `session` by the start of the interval `at`, kW·min: what the fills
+    /// brought, or for a session the EV has had no fill in yet, what it is assumed to have had
+    /// before the simulation began (a share of its need in proportion to the time plugged in,
+    /// if the session began before the first interval the EV was given; else nothing). Without
+    /// that assumption every EV found plugged in at the start would need its whole energy in
+    /// what is left of the night.
+    fn delivered_kwmin(&self, session: &Session, at: &Moment) -> Decimal {
+        if self.session == Some(session.arrival) {
+            return self.delivered_kwmin;
+        }
+        let first = self.first_seen.unwrap_or(at.interval_start);
+        if session.arrival >= first {
+            return Decimal::ZERO;
+        }
+        let m = i64::from(at.interval_minutes);
+        let since_min = (at.interval_start - session.arrival) / 60;
+        let length_min = since_min + session.intervals_left * m;
+        floor_kw(
+            self.need_kwh * MINUTES_PER_HOUR * Decimal::from(since_min)
+                / Decimal::from(length_min.max(1)),
+        )
     }
 
-    /// Energy delivered in the current session, kWh.
+    /// Energy still needed in `session` from the interval `at` on, kW·min (never negative).
+    pub fn remaining_kwmin(&self, session: &Session, at: &Moment) -> Decimal {
+        (self.need_kwh * MINUTES_PER_HOUR - self.delivered_kwmin(session, at)).max(Decimal::ZERO)
+    }
+
+    /// Energy delivered in the current session by the start of `at`, kWh.
     pub fn delivered_kwh(&self, at: &Moment) -> Decimal {
         match self.session(at) {
-            Some(s) if self.session == Some(s.arrival) => self.delivered_kwmin / MINUTES_PER_HOUR,
-            _ => Decimal::ZERO,
+            Some(s) => self.delivered_kwmin(&s, at) / MINUTES_PER_HOUR,
+            None => Decimal::ZERO,
         }
     }
 
@@ -406,14 +428,17 @@ impl Ev {
         }
         let Some(s) = self.session(at) else {
             if charged_kw.is_zero() {
+                self.first_seen.get_or_insert(at.interval_start);
                 return Ok(());
             }
             return Err(DeviceError::NotPlugged { kw: charged_kw });
         };
         if self.session != Some(s.arrival) {
+            let before = self.delivered_kwmin(&s, at);
             self.session = Some(s.arrival);
-            self.delivered_kwmin = Decimal::ZERO;
+            self.delivered_kwmin = before;
         }
+        self.first_seen.get_or_insert(at.interval_start);
         self.delivered_kwmin += charged_kw * Decimal::from(at.interval_minutes);
         Ok(())
     }

@@ -36,7 +36,9 @@
 //! - **EV**: what cannot wait — the energy that full-power charging in the remaining intervals
 //!   could no longer deliver — is bid must-take; the rest of what is needed, up to the charger,
 //!   is bid at a price that rises from `ev_relaxed_fraction` to `ev_urgent_fraction` of the
-//!   spread as the share of the remaining time it must charge rises to 1.
+//!   spread as the share of the remaining time it must charge rises to 1. An EV found plugged
+//!   in when the simulation starts is assumed to have charged on track until then (a share of
+//!   its need in proportion to the time it has been plugged in).
 //! - **Flexibility** (when enabled): a battery holds `reserve` of its headroom back from its
 //!   energy orders and offers it as up-flexibility (discharge) and down-flexibility (charge) at
 //!   the file's prices.

@@ -368,7 +368,7 @@ impl Agent {
     fn ev_order(&self, ctx: &MarketContext, s: &StrategyFile) -> Option<PlannedOrder> {
         let ev = self.ev.as_ref()?;
         let session = ev.session(&ctx.at)?;
-        let remaining = ev.remaining_kwmin(&session);
+        let remaining = ev.remaining_kwmin(&session, &ctx.at);
         if remaining.is_zero() {
             return None;
         }

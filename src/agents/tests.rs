@@ -283,7 +283,7 @@ fn an_ev_reaches_its_need_when_only_must_take_is_filled() {
 fn an_ev_bids_more_as_its_slack_shrinks() {
     let p = population(3, 1);
     let a = &p.agents[0];
-    let agent = super::Agent::new(
+    let mut agent = super::Agent::new(
         "e1".into(),
         "2".into(),
         dec!(100),
@@ -296,19 +296,24 @@ fn an_ev_bids_more_as_its_slack_shrinks() {
         a.preferences().clone(),
         12,
     );
-    let price_at = |k: i64| {
+    // Plugged in at 18:00 and never filled: the later, the less time, the higher the bid.
+    let mut bids = Vec::new();
+    for k in 0..=110 {
         let plan = agent.plan(&ctx(&p, DAY0 + 18 * 3600 + k * 300), &p.strategy, &p.flex);
-        plan.orders
+        let bid = plan
+            .orders
             .iter()
             .find(|o| o.purpose == Purpose::Ev)
             .and_then(|o| o.blocks.iter().find_map(|b| b.price))
-            .unwrap()
-    };
-    // Nothing delivered yet: the later, the less time, the higher the bid.
-    assert!(price_at(0) < price_at(60));
-    assert!(price_at(60) < price_at(110));
+            .unwrap();
+        bids.push(bid);
+        agent.apply(&plan, &[], &[]).unwrap();
+    }
+    assert!(bids[0] < bids[60]);
+    assert!(bids[60] < bids[110]);
+    assert!(bids.windows(2).all(|w| w[0] <= w[1]), "never falls");
     // ρ = 1200 kW·min / (156 × 35) at the start: 0.2 + 0.75 × 0.2198 = 0.3648 of 0.24 → 0.127560.
-    assert_eq!(price_at(0), dec!(0.127560));
+    assert_eq!(bids[0], dec!(0.127560));
 }
 
 #[test]
@@ -516,4 +521,51 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn an_ev_found_plugged_in_at_the_start_is_assumed_on_track() {
+    // Arrives 18:00, leaves 07:00 (780 min), needs 20 kWh. Found at 04:00, 600 min in: it is
+    // assumed to hold 20 × 600 / 780 = 15.384615 kWh, so 4.615385 kWh are left for 3 h at up
+    // to 7 kW — nothing must be taken yet.
+    let p = population(3, 1);
+    let a = &p.agents[0];
+    let mut agent = super::Agent::new(
+        "e1".into(),
+        "2".into(),
+        dec!(100),
+        a.key().clone(),
+        3,
+        a.household().clone(),
+        None,
+        None,
+        Some(Ev::new(dec!(20), dec!(7), 18 * 60, 7 * 60)),
+        a.preferences().clone(),
+        12,
+    );
+    let c = ctx(&p, DAY0 + 4 * 3600);
+    let ev = agent.ev().unwrap();
+    assert_eq!(ev.delivered_kwh(&c.at).round_dp(6), dec!(15.384615));
+    let plan = agent.plan(&c, &p.strategy, &p.flex);
+    let ev_order = plan
+        .orders
+        .iter()
+        .find(|o| o.purpose == Purpose::Ev)
+        .unwrap();
+    assert!(
+        ev_order.blocks.iter().all(|b| b.price.is_some()),
+        "no must-take"
+    );
+    // A fill of 7 kW for 5 minutes adds 35 kW·min (0.583333 kWh) to that.
+    agent.apply(&plan, &[(Purpose::Ev, dec!(7))], &[]).unwrap();
+    let later = ctx(&p, DAY0 + 4 * 3600 + 300);
+    let got = agent.ev().unwrap().delivered_kwh(&later.at);
+    // 923.076923 + 35 = 958.076923 kW·min = 15.967949 kWh.
+    assert_eq!(got.round_dp(6), dec!(15.967949));
+    // The next evening's session starts from nothing.
+    let evening = ctx(&p, DAY0 + 18 * 3600);
+    assert_eq!(
+        agent.ev().unwrap().delivered_kwh(&evening.at),
+        Decimal::ZERO
+    );
 }
