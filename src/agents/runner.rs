@@ -156,6 +156,8 @@ pub struct IntervalReport {
     pub battery_soc_mean: Option<Decimal>,
     /// Real milliseconds from planning to the last acknowledgement.
     pub submit_ms: u64,
+    /// Real milliseconds from the result's arrival to every agent's fills applied.
+    pub fills_ms: u64,
 }
 
 impl std::fmt::Display for IntervalReport {
@@ -179,7 +181,11 @@ impl std::fmt::Display for IntervalReport {
         if let Some(s) = self.battery_soc_mean {
             write!(f, ", battery SoC {}%", (s * Decimal::from(100)).round_dp(1))?;
         }
-        write!(f, ", submit {} ms", self.submit_ms)?;
+        write!(
+            f,
+            ", submit {} ms, fills {} ms",
+            self.submit_ms, self.fills_ms
+        )?;
         if let Some(r) = self.refusals.first() {
             write!(f, "; first refusal: {r}")?;
         }
@@ -382,10 +388,12 @@ pub async fn run(
         let (acked, refusals) = submit(&public, pending, config.streams).await?;
         let submit_ms = t0.elapsed().as_millis() as u64;
         let result = wait_result(&public, &mut results, target, &info, scale).await?;
+        let t1 = Instant::now();
         let fills = read_fills(&clients, &acked, target).await?;
-        let report = settle_interval(
-            population, &plans, &acked, &fills, &result, index, refusals, submit_ms,
-        )?;
+        let mut report =
+            settle_interval(population, &plans, &acked, &fills, &result, index, refusals)?;
+        report.submit_ms = submit_ms;
+        report.fills_ms = t1.elapsed().as_millis() as u64;
         progress(&report);
         summary.intervals.push(report);
         target += interval_s;
@@ -605,8 +613,8 @@ async fn read_fills(
     Ok(fills)
 }
 
-/// Applies an interval's fills and prices to the agents and builds its report.
-#[allow(clippy::too_many_arguments)]
+/// Applies an interval's fills and prices to the agents and builds its report (without its
+/// timings).
 fn settle_interval(
     population: &mut Population,
     plans: &[Plan],
@@ -615,7 +623,6 @@ fn settle_interval(
     result: &pb::IntervalResult,
     index: u32,
     refusals: Vec<String>,
-    submit_ms: u64,
 ) -> Result<IntervalReport, RunError> {
     let prices: BTreeMap<&str, Decimal> = result
         .prices
@@ -685,6 +692,7 @@ fn settle_interval(
         price_mean: node_prices.values().sum::<Decimal>() / n,
         price_max: node_prices.values().max().copied().unwrap_or_default(),
         battery_soc_mean: (batteries > 0).then(|| soc_sum / Decimal::from(batteries)),
-        submit_ms,
+        submit_ms: 0,
+        fills_ms: 0,
     })
 }
