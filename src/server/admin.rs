@@ -111,7 +111,9 @@ fn command_name(c: &Command) -> &'static str {
 
 /// Validates a network and records it; the intervals cleared from now on use it.
 async fn install_network(shared: &Shared, mut spec: MarketSpec) -> Result<u64, ServiceError> {
+    // Participants' energy and flexibility come as signed orders, never from the network file.
     spec.orders.clear();
+    spec.flex_offers.clear();
     spec.interval_minutes = shared.interval_minutes;
     if let Some(f) = shared.price_floor {
         spec.price_floor = f;
