@@ -149,8 +149,9 @@ enum FlexCommand {
         /// up or down.
         #[arg(long)]
         direction: String,
-        /// A block QUANTITY@PRICE (kW at most this price); repeat for more.
-        #[arg(long = "block", required = true)]
+        /// Blocks QUANTITY@PRICE (kW at most this price): `--block 5@0.2 3@0.3`, or repeat
+        /// the flag.
+        #[arg(long = "block", required = true, num_args = 1..)]
         blocks: Vec<String>,
         /// Paying account (default network-operator).
         #[arg(long)]

@@ -263,13 +263,35 @@ async fn admin_commands_drive_a_live_server() {
         "down",
         "--block",
         "5@0.2",
-        "--block",
         "3@0.3",
     ]);
     assert!(
         out.starts_with("flexibility requirement noon-A posted: down 8 kW at A,B"),
         "{out}"
     );
+    // The flag may also repeat.
+    s.ok(&[
+        "flex",
+        "post",
+        "--id",
+        "up-B",
+        "--nodes",
+        "B",
+        "--direction",
+        "up",
+        "--block",
+        "1@0.5",
+        "--block",
+        "2@0.6",
+    ]);
+    let reqs = s.json(&["network", "show"])["flex_requirements"].clone();
+    let up_b = reqs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "up-B")
+        .unwrap();
+    assert_eq!(up_b["blocks"].as_array().unwrap().len(), 2, "{reqs}");
     assert!(s
         .ok(&["network", "show"])
         .contains("\nnoon-A            down       A,B    5@0.2 3@0.3\n"));
