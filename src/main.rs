@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod admin_cmd;
 mod clear_cmd;
 mod ledger_cmd;
 mod serve_cmd;
@@ -61,6 +62,8 @@ enum Command {
     },
     /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
     Serve(serve_cmd::ServeArgs),
+    /// The operator's commands against a running server (participants, network, market).
+    Admin(admin_cmd::AdminArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
     ImportMatpower {
         /// The `.m` case file.
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             } => ledger_cmd::check_proof(&proof, &operator_pubkey),
         },
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)
                 .with_context(|| format!("reading {}", case.display()))?;

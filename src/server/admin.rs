@@ -1,22 +1,32 @@
 //! `baton.v1.AdminService`: the operator's commands, each signed by the operator key.
+//!
+//! Replay protection: a request's nonce must exceed the last one accepted. Every command that
+//! changes the market records its nonce in the ledger, in the same append as its effect (a
+//! `participant` entry's `details.admin_nonce`, or the `admin_nonce` of a `market_event`), and
+//! recovery restores the highest one, so a request captured before a restart is still refused
+//! after it. Read-only commands (`Status`, the listings) advance the nonce in memory only:
+//! replaying one after a restart reveals nothing its signer could not already read.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use baton_engine::model::{BlockSpec, Direction, FlexRequirementSpec, MarketSpec};
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
 use baton_engine::Market;
-use baton_ledger::{EntryKind, NewEntry, ParticipantBody, ParticipantStatus};
+use baton_ledger::{EntryKind, Ledger, NewEntry, ParticipantBody, ParticipantStatus};
 use baton_proto::v1 as pb;
 use ed25519_dalek::Signature;
 use pb::admin_request::Command;
 use pb::admin_service_server::AdminService;
 use prost::Message;
+use rust_decimal::Decimal;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use super::clock::wall_now_ms;
 use super::error::{invalid, ServiceError};
-use super::recover::MarketEvent;
+use super::recover::{IntervalMeta, MarketEvent, ADMIN_NONCE_DETAIL};
 use super::state::{
     check_participant_id, check_timestamp, parse_decimal, parse_key, Participant,
     ParticipantDetails,
@@ -35,10 +45,20 @@ pub(crate) struct AdminApi {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// Participants returned by one `ListParticipants` page at most.
+const PARTICIPANTS_PER_PAGE_MAX: usize = 5_000;
+/// Intervals `ListIntervals` returns when the request names no limit.
+const INTERVALS_LISTED_DEFAULT: usize = 20;
+/// Intervals one `ListIntervals` returns at most: each reads the interval's input and result
+/// entries from the ledger, a day of five-minute intervals bounds that work.
+const INTERVALS_LISTED_MAX: usize = 288;
+
 /// An authenticated admin command, holding the admin lock so commands apply one at a time.
 struct Authorized<'a> {
     command: Command,
-    _guard: tokio::sync::MutexGuard<'a, u64>,
+    /// Its nonce, recorded in the ledger by commands that change the market.
+    nonce: u64,
+    guard: tokio::sync::MutexGuard<'a, u64>,
 }
 
 impl AdminApi {
@@ -90,7 +110,8 @@ impl AdminApi {
         *guard = r.nonce;
         Ok(Authorized {
             command,
-            _guard: guard,
+            nonce: r.nonce,
+            guard,
         })
     }
 }
@@ -106,11 +127,38 @@ fn command_name(c: &Command) -> &'static str {
         Command::Resume(_) => "Resume",
         Command::ClearNow(_) => "ClearNow",
         Command::Status(_) => "Status",
+        Command::ListParticipants(_) => "ListParticipants",
+        Command::ListIntervals(_) => "ListIntervals",
     }
 }
 
-/// Validates a network and records it; the intervals cleared from now on use it.
-async fn install_network(shared: &Shared, mut spec: MarketSpec) -> Result<u64, ServiceError> {
+/// The operator's request behind a ledger append: its RPC and nonce.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    command: &'a str,
+    nonce: u64,
+}
+
+impl Origin<'_> {
+    /// The `market_event` that records this request's nonce next to its effect.
+    fn event(&self, event: &str) -> NewEntry {
+        let body = serde_json::to_vec(&MarketEvent {
+            admin_nonce: Some(self.nonce),
+            command: Some(self.command.to_string()),
+            event: event.to_string(),
+        })
+        .expect("an event serialises");
+        NewEntry::new(EntryKind::MarketEvent, None, body)
+    }
+}
+
+/// Validates a network and records it; the intervals cleared from now on use it. An operator's
+/// request (`origin`) is recorded in the same append, so its nonce survives a restart.
+async fn install_network(
+    shared: &Shared,
+    mut spec: MarketSpec,
+    origin: Option<Origin<'_>>,
+) -> Result<u64, ServiceError> {
     // Participants' energy and flexibility come as signed orders, never from the network file.
     spec.orders.clear();
     spec.flex_offers.clear();
@@ -123,18 +171,18 @@ async fn install_network(shared: &Shared, mut spec: MarketSpec) -> Result<u64, S
     }
     Market::new(&spec).map_err(|e| invalid("network", e.to_string()))?;
     let body = serde_json::to_vec(&spec).expect("a market spec serialises");
-    let r = shared
-        .ledger
-        .append(vec![NewEntry::new(EntryKind::Network, None, body)])
-        .await?;
+    let mut entries = vec![NewEntry::new(EntryKind::Network, None, body)];
+    entries.extend(origin.map(|o| o.event("network")));
+    let r = shared.ledger.append(entries).await?;
     tracing::info!(
         market = %spec.name,
         nodes = spec.nodes.len(),
-        seq = r.last_seq,
+        seq = r.first_seq,
         "network loaded"
     );
+    shared.index().network_seq = r.first_seq;
     shared.lock().network = Some(Arc::new(spec));
-    Ok(r.last_seq)
+    Ok(r.first_seq)
 }
 
 fn parse_scenario(text: &str) -> Result<MarketSpec, ServiceError> {
@@ -157,7 +205,7 @@ pub(crate) async fn load_scenario_at_start(
         tracing::info!("network restored from the ledger; --scenario ignored");
         return Ok(());
     }
-    install_network(shared, spec).await.map(|_| ())
+    install_network(shared, spec, None).await.map(|_| ())
 }
 
 fn network(shared: &Shared) -> Result<MarketSpec, ServiceError> {
@@ -176,16 +224,22 @@ fn ack(seq: u64, detail: impl Into<String>) -> Response<pb::AdminResponse> {
     })
 }
 
-async fn market_event(shared: &Shared, event: &str) -> Result<u64, ServiceError> {
-    let body = serde_json::to_vec(&MarketEvent {
-        event: event.to_string(),
-    })
-    .expect("an event serialises");
-    let r = shared
-        .ledger
-        .append(vec![NewEntry::new(EntryKind::MarketEvent, None, body)])
-        .await?;
+async fn market_event(
+    shared: &Shared,
+    origin: Origin<'_>,
+    event: &str,
+) -> Result<u64, ServiceError> {
+    let r = shared.ledger.append(vec![origin.event(event)]).await?;
     Ok(r.last_seq)
+}
+
+/// A participant entry's details, with the nonce of the operator's request that wrote it.
+fn details_json(details: &ParticipantDetails, nonce: u64) -> serde_json::Value {
+    let mut v = serde_json::to_value(details).expect("details serialise");
+    if let Some(m) = v.as_object_mut() {
+        m.insert(ADMIN_NONCE_DETAIL.into(), nonce.into());
+    }
+    v
 }
 
 #[tonic::async_trait]
@@ -236,7 +290,7 @@ impl AdminService for AdminApi {
             capacity_kw,
         };
         let body = ParticipantBody {
-            details: Some(serde_json::to_value(&details).expect("details serialise")),
+            details: Some(details_json(&details, a.nonce)),
             participant_id: r.participant_id.clone(),
             public_key: key.to_bytes(),
             status: ParticipantStatus::Active,
@@ -284,7 +338,7 @@ impl AdminService for AdminApi {
             capacity_kw: p.capacity_kw,
         };
         let body = ParticipantBody {
-            details: Some(serde_json::to_value(&details).expect("details serialise")),
+            details: Some(details_json(&details, a.nonce)),
             participant_id: r.participant_id.clone(),
             public_key: p.key.to_bytes(),
             status: ParticipantStatus::Suspended,
@@ -311,7 +365,11 @@ impl AdminService for AdminApi {
             unreachable!("authorize checked the command")
         };
         let spec = parse_scenario(&r.toml)?;
-        let seq = install_network(&self.shared, spec).await?;
+        let origin = Origin {
+            command: "LoadScenario",
+            nonce: a.nonce,
+        };
+        let seq = install_network(&self.shared, spec, Some(origin)).await?;
         Ok(ack(seq, "network loaded"))
     }
 
@@ -338,7 +396,11 @@ impl AdminService for AdminApi {
             })?;
         g.import_price = import;
         g.export_price = export;
-        let seq = install_network(&self.shared, spec).await?;
+        let origin = Origin {
+            command: "SetGridPrices",
+            nonce: a.nonce,
+        };
+        let seq = install_network(&self.shared, spec, Some(origin)).await?;
         Ok(ack(seq, "grid prices set"))
     }
 
@@ -388,7 +450,11 @@ impl AdminService for AdminApi {
         };
         spec.flex_requirements.retain(|f| f.id != r.id);
         spec.flex_requirements.push(req);
-        let seq = install_network(&self.shared, spec).await?;
+        let origin = Origin {
+            command: "PostFlexRequirement",
+            nonce: a.nonce,
+        };
+        let seq = install_network(&self.shared, spec, Some(origin)).await?;
         Ok(ack(seq, "flexibility requirement posted"))
     }
 
@@ -396,8 +462,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let _a = self.authorize(request.get_ref(), "Pause").await?;
-        let seq = market_event(&self.shared, "pause").await?;
+        let a = self.authorize(request.get_ref(), "Pause").await?;
+        let origin = Origin {
+            command: "Pause",
+            nonce: a.nonce,
+        };
+        let seq = market_event(&self.shared, origin, "pause").await?;
         self.shared.lock().paused = true;
         tracing::info!("market paused");
         Ok(ack(seq, "paused"))
@@ -407,8 +477,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let _a = self.authorize(request.get_ref(), "Resume").await?;
-        let seq = market_event(&self.shared, "resume").await?;
+        let a = self.authorize(request.get_ref(), "Resume").await?;
+        let origin = Origin {
+            command: "Resume",
+            nonce: a.nonce,
+        };
+        let seq = market_event(&self.shared, origin, "resume").await?;
         self.shared.lock().paused = false;
         tracing::info!("market resumed");
         Ok(ack(seq, "resumed"))
@@ -419,6 +493,13 @@ impl AdminService for AdminApi {
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::ClearNowResponse>, Status> {
         let a = self.authorize(request.get_ref(), "ClearNow").await?;
+        // Recorded before the clearing: a forced gate closure is the operator's act, and its
+        // nonce must survive a restart like any other command's.
+        let origin = Origin {
+            command: "ClearNow",
+            nonce: a.nonce,
+        };
+        market_event(&self.shared, origin, "clear_now").await?;
         drop(a);
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -434,7 +515,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let _a = self.authorize(request.get_ref(), "Status").await?;
+        let a = self.authorize(request.get_ref(), "Status").await?;
+        let last_admin_nonce = *a.guard;
+        drop(a);
+        let network_version = self.shared.index().network_seq;
         let head = self
             .shared
             .ledger
@@ -463,6 +547,200 @@ impl AdminService for AdminApi {
             last_cleared_interval: st.cleared.last().copied().unwrap_or(0),
             ledger_head_seq: head,
             now: now.div_euclid(1000),
+            network_version,
+            last_admin_nonce,
         }))
     }
+
+    async fn list_participants(
+        &self,
+        request: Request<pb::SignedAdminRequest>,
+    ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
+        let a = self
+            .authorize(request.get_ref(), "ListParticipants")
+            .await?;
+        let Command::ListParticipants(r) = a.command else {
+            unreachable!("authorize checked the command")
+        };
+        drop(a.guard);
+        let limit = match r.limit as usize {
+            0 => PARTICIPANTS_PER_PAGE_MAX,
+            n => n.min(PARTICIPANTS_PER_PAGE_MAX),
+        };
+        let st = self.shared.lock();
+        let mut ids: Vec<&String> = st
+            .participants
+            .keys()
+            .filter(|id| r.after.is_empty() || id.as_str() > r.after.as_str())
+            .collect();
+        ids.sort_unstable();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let participants: Vec<pb::ParticipantInfo> = ids
+            .iter()
+            .map(|id| {
+                let p = &st.participants[*id];
+                pb::ParticipantInfo {
+                    participant_id: (*id).clone(),
+                    node: p.node.clone(),
+                    roles: p.roles.clone(),
+                    capacity_kw: p.capacity_kw.map(|c| c.to_string()).unwrap_or_default(),
+                    public_key_hex: hex::encode(p.key.to_bytes()),
+                    active: p.active,
+                }
+            })
+            .collect();
+        let next_after = if more {
+            participants
+                .last()
+                .map(|p| p.participant_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListParticipantsResponse {
+            participants,
+            next_after,
+        }))
+    }
+
+    async fn list_intervals(
+        &self,
+        request: Request<pb::SignedAdminRequest>,
+    ) -> Result<Response<pb::ListIntervalsResponse>, Status> {
+        let a = self.authorize(request.get_ref(), "ListIntervals").await?;
+        let Command::ListIntervals(r) = a.command else {
+            unreachable!("authorize checked the command")
+        };
+        drop(a.guard);
+        let limit = match r.limit as usize {
+            0 => INTERVALS_LISTED_DEFAULT,
+            n => n.min(INTERVALS_LISTED_MAX),
+        };
+        let before = if r.before == 0 { i64::MAX } else { r.before };
+        let metas: Vec<(i64, IntervalMeta)> = self
+            .shared
+            .index()
+            .intervals
+            .range(..before)
+            .rev()
+            .take(limit)
+            .map(|(s, m)| (*s, *m))
+            .collect();
+        let mut intervals = Vec::with_capacity(metas.len());
+        for (start, meta) in metas {
+            intervals.push(summarize(&self.shared.ledger, start, meta).await?);
+        }
+        Ok(Response::new(pb::ListIntervalsResponse { intervals }))
+    }
+}
+
+/// The parts of a `nodal-auction-result/v1` body a summary needs. Numbers stay raw JSON text
+/// and become decimals, never floats.
+#[derive(serde::Deserialize)]
+struct ResultView {
+    nodes: Vec<NodeView>,
+    orders: Vec<OrderView>,
+    #[serde(default)]
+    lines: Vec<LineView>,
+    #[serde(default)]
+    flex_requirements: Vec<FlexView>,
+}
+
+#[derive(serde::Deserialize)]
+struct NodeView {
+    lmp: Box<RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct OrderView {
+    id: String,
+    accepted_total: Box<RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct LineView {
+    id: String,
+    congested: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct FlexView {
+    procured: Box<RawValue>,
+}
+
+fn raw_decimal(start: i64, v: &RawValue) -> Result<Decimal, ServiceError> {
+    Decimal::from_str(v.get()).map_err(|_| {
+        ServiceError::Storage(format!(
+            "interval {start}: result number {} is not a decimal",
+            v.get()
+        ))
+    })
+}
+
+/// Summarises a cleared interval from what the ledger recorded for it: the input names each
+/// order's side, the result its fills, prices, lines and flexibility.
+async fn summarize(
+    ledger: &Ledger,
+    start: i64,
+    meta: IntervalMeta,
+) -> Result<pb::IntervalSummary, ServiceError> {
+    let corrupt = |what: &str| ServiceError::Storage(format!("interval {start}: {what}"));
+    let entries = ledger.entries(meta.first_seq, meta.last_seq).await?;
+    let body = |kind: EntryKind| {
+        entries
+            .iter()
+            .find(|e| e.kind == kind && e.interval_start == Some(start))
+            .map(|e| e.body.as_slice())
+            .ok_or_else(|| corrupt(&format!("no {} entry", kind.as_str())))
+    };
+    let input: crate::record::IntervalInput =
+        serde_json::from_slice(body(EntryKind::IntervalInput)?)
+            .map_err(|e| corrupt(&format!("input entry unreadable: {e}")))?;
+    let result: ResultView = serde_json::from_slice(body(EntryKind::IntervalResult)?)
+        .map_err(|e| corrupt(&format!("result entry unreadable: {e}")))?;
+    let sides: std::collections::HashMap<&str, baton_engine::Side> = input
+        .market
+        .orders
+        .iter()
+        .map(|o| (o.id.as_str(), o.side))
+        .collect();
+    let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);
+    for o in &result.orders {
+        let q = raw_decimal(start, &o.accepted_total)?;
+        match sides.get(o.id.as_str()) {
+            Some(baton_engine::Side::Buy) => bought += q,
+            Some(baton_engine::Side::Sell) => sold += q,
+            None => return Err(corrupt(&format!("order {:?} is not in the input", o.id))),
+        }
+    }
+    let prices = result
+        .nodes
+        .iter()
+        .map(|n| raw_decimal(start, &n.lmp))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flex_procured = result
+        .flex_requirements
+        .iter()
+        .map(|f| raw_decimal(start, &f.procured))
+        .sum::<Result<Decimal, _>>()?;
+    let text = |d: Option<&Decimal>| d.map(|d| d.normalize().to_string()).unwrap_or_default();
+    Ok(pb::IntervalSummary {
+        interval_start: start,
+        clearing_ms: meta.clearing_ms,
+        orders: input.market.orders.len() as u32,
+        bought: bought.normalize().to_string(),
+        sold: sold.normalize().to_string(),
+        price_min: text(prices.iter().min()),
+        price_max: text(prices.iter().max()),
+        congested_lines: result
+            .lines
+            .iter()
+            .filter(|l| l.congested)
+            .map(|l| l.id.clone())
+            .collect(),
+        flex_procured: flex_procured.normalize().to_string(),
+        ledger_first_seq: meta.first_seq,
+        ledger_last_seq: meta.last_seq,
+    })
 }

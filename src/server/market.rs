@@ -434,4 +434,38 @@ impl MarketService for MarketApi {
         );
         Ok(Response::new(Box::pin(s)))
     }
+
+    async fn get_market_info(
+        &self,
+        _request: Request<pb::GetMarketInfoRequest>,
+    ) -> Result<Response<pb::MarketInfo>, Status> {
+        let sh = &self.shared;
+        let now = sh.clock.now_ms();
+        let network_version = sh.index().network_seq;
+        let st = sh.lock();
+        let net = st.network.as_deref();
+        let next_open = sh
+            .timing
+            .earliest_open(now)
+            .max(st.closed_through + sh.timing.interval_s);
+        Ok(Response::new(pb::MarketInfo {
+            now: now.div_euclid(1000),
+            now_ms: now,
+            time_scale: sh.clock.scale(),
+            interval_minutes: sh.interval_minutes,
+            gate_lead_s: sh.timing.gate_lead_s,
+            intervals_ahead: sh.timing.intervals_ahead as u32,
+            next_open_interval: if net.is_some() { next_open } else { 0 },
+            last_cleared_interval: st.cleared.last().copied().unwrap_or(0),
+            price_floor: net.map(|n| n.price_floor.to_string()).unwrap_or_default(),
+            price_cap: net.map(|n| n.price_cap.to_string()).unwrap_or_default(),
+            nodes: net
+                .map(|n| n.nodes.iter().map(|x| x.id.clone()).collect())
+                .unwrap_or_default(),
+            network_loaded: net.is_some(),
+            paused: st.paused,
+            network_version,
+            request_timestamp_window_s: sh.limits.request_timestamp_window_s,
+        }))
+    }
 }

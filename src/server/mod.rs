@@ -225,6 +225,8 @@ pub(crate) struct Shared {
     pub(crate) results: Mutex<BTreeMap<i64, Arc<ClearedInterval>>>,
     pub(crate) clear_now_tx: mpsc::Sender<ClearNowReply>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Where the network and the cleared intervals are in the ledger.
+    pub(crate) index: Mutex<recover::LedgerIndex>,
 }
 
 impl Shared {
@@ -232,6 +234,10 @@ impl Shared {
         // A panic while holding the lock is a bug already logged; the state itself stays
         // consistent between statements, so keep serving.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, recover::LedgerIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -295,12 +301,13 @@ pub async fn run(
         interval_minutes: config.interval_minutes,
         price_floor: config.price_floor,
         price_cap: config.price_cap,
-        admin: tokio::sync::Mutex::new(0),
+        admin: tokio::sync::Mutex::new(recovered.admin_nonce),
         commit_tx,
         results_tx,
         results: Mutex::new(BTreeMap::new()),
         clear_now_tx,
         shutdown: shutdown_rx.clone(),
+        index: Mutex::new(recovered.index),
     });
     if let Some(text) = &config.scenario {
         admin::load_scenario_at_start(&shared, text)

@@ -1,6 +1,7 @@
 //! Rebuilds the market's state from the ledger on start: the ledger is the record, memory is a
 //! cache of it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_engine::model::BlockSpec;
@@ -19,17 +20,54 @@ use super::state::{
     ParticipantDetails, Product,
 };
 
-/// What the rebuild read.
+/// What the rebuild read, beyond the market state.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
     pub(crate) entries: u64,
+    /// The highest admin nonce a recorded operator command carried: the server refuses every
+    /// admin request at or below it, so a request captured before a restart cannot be
+    /// replayed after it.
+    pub(crate) admin_nonce: u64,
+    pub(crate) index: LedgerIndex,
 }
 
-/// A `market_event` entry's body.
+/// Where things are in the ledger, for the operator's listings and the network version.
+#[derive(Debug, Default)]
+pub(crate) struct LedgerIndex {
+    /// The seq of the entry that installed the network in force (0: none).
+    pub(crate) network_seq: u64,
+    /// Every recorded (cleared) interval.
+    pub(crate) intervals: BTreeMap<i64, IntervalMeta>,
+}
+
+/// Where a cleared interval's entries are, and how long its clearing took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IntervalMeta {
+    /// Its `interval_input` entry.
+    pub(crate) first_seq: u64,
+    /// Its `settlement` entry.
+    pub(crate) last_seq: u64,
+    /// Build, solve and settle, wall milliseconds. The ledger does not record timings (they
+    /// would make the record vary between runs), so this is known only for intervals this
+    /// process cleared; `None` for those rebuilt from the ledger.
+    pub(crate) clearing_ms: Option<u32>,
+}
+
+/// A `market_event` entry's body. Fields are declared in key order so the JSON is canonical.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct MarketEvent {
+    /// The nonce of the operator's request that caused the event, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) admin_nonce: Option<u64>,
+    /// The admin RPC that caused the event, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) command: Option<String>,
     pub(crate) event: String,
 }
+
+/// The `details` key of a `participant` entry that carries the admin nonce of the operator's
+/// request that wrote it.
+pub(crate) const ADMIN_NONCE_DETAIL: &str = "admin_nonce";
 
 pub(crate) async fn rebuild(
     ledger: &Ledger,
@@ -48,9 +86,48 @@ pub(crate) async fn rebuild(
         for e in &page {
             out.entries += 1;
             apply(st, e.seq, e.kind, e.interval_start, &e.body);
+            index(&mut out, e.seq, e.kind, e.interval_start, &e.body);
         }
     }
     Ok(out)
+}
+
+/// Notes the admin nonce an entry carries and where networks and intervals are recorded.
+fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, body: &[u8]) {
+    let nonce = match kind {
+        EntryKind::Participant => ParticipantBody::from_bytes(body)
+            .ok()
+            .and_then(|b| b.details)
+            .and_then(|d| d.get(ADMIN_NONCE_DETAIL).and_then(|n| n.as_u64())),
+        EntryKind::MarketEvent => serde_json::from_slice::<MarketEvent>(body)
+            .ok()
+            .and_then(|e| e.admin_nonce),
+        EntryKind::Network => {
+            out.index.network_seq = seq;
+            None
+        }
+        EntryKind::IntervalInput => {
+            if let Some(s) = interval {
+                out.index.intervals.insert(
+                    s,
+                    IntervalMeta {
+                        first_seq: seq,
+                        last_seq: seq,
+                        clearing_ms: None,
+                    },
+                );
+            }
+            None
+        }
+        EntryKind::Settlement => {
+            if let Some(m) = interval.and_then(|s| out.index.intervals.get_mut(&s)) {
+                m.last_seq = seq;
+            }
+            None
+        }
+        _ => None,
+    };
+    out.admin_nonce = out.admin_nonce.max(nonce.unwrap_or(0));
 }
 
 /// Applies one entry. Entries this server did not write (or cannot read) are skipped with a

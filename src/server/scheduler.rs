@@ -161,6 +161,14 @@ pub(crate) async fn clear_interval(
     let receipt = shared.ledger.append(entries).await?;
     cleared.result.ledger_first_seq = receipt.first_seq;
     cleared.result.ledger_last_seq = receipt.last_seq;
+    shared.index().intervals.insert(
+        s,
+        super::recover::IntervalMeta {
+            first_seq: receipt.first_seq,
+            last_seq: receipt.last_seq,
+            clearing_ms: Some(clear_ms.round() as u32),
+        },
+    );
     let cleared = Arc::new(cleared);
     {
         let mut st = shared.lock();
