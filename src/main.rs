@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod admin_cmd;
 mod agents_cmd;
 mod clear_cmd;
 mod ledger_cmd;
@@ -62,6 +63,8 @@ enum Command {
     },
     /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
     Serve(serve_cmd::ServeArgs),
+    /// The operator's commands against a running server (participants, network, market).
+    Admin(admin_cmd::AdminArgs),
     /// Simulated prosumers (PV, batteries, EVs) trading on a live market.
     Agents(agents_cmd::AgentsArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
@@ -196,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
             } => ledger_cmd::check_proof(&proof, &operator_pubkey),
         },
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::Agents(args) => agents_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)

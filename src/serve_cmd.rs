@@ -48,6 +48,12 @@ pub(crate) struct ServeArgs {
     /// Open orders per participant.
     #[arg(long)]
     open_orders_max: Option<usize>,
+    /// Serve over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 /// `--config` file keys: the flag names with underscores.
@@ -65,6 +71,8 @@ struct FileConfig {
     price_floor: Option<Decimal>,
     price_cap: Option<Decimal>,
     open_orders_max: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
@@ -74,6 +82,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and pipes get plain `key=value` fields.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let f: FileConfig = match &a.config {
         Some(p) => toml::from_str(
@@ -129,6 +139,14 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .or(f.open_orders_max)
             .unwrap_or(Limits::default().open_orders_per_participant_max),
         ..Limits::default()
+    };
+    config.tls = match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
+        (Some(c), Some(k)) => Some(server::TlsIdentity {
+            cert_pem: std::fs::read(&c).with_context(|| format!("reading {}", c.display()))?,
+            key_pem: std::fs::read(&k).with_context(|| format!("reading {}", k.display()))?,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {

@@ -13,6 +13,7 @@ use baton::agents::runner::{Leg, NONCES_PER_INTERVAL};
 use baton::agents::{self, Population, PopulationFile, Purpose, RunConfig, RunSummary};
 use baton::server::{self, ScaledClock, ServerConfig};
 use baton_client::AdminKey;
+use baton_engine::model::Direction;
 use baton_ledger::{EntryKind, Ledger, OperatorKey};
 use rust_decimal::Decimal;
 
@@ -30,13 +31,11 @@ const AGENTS: usize = 30;
 const INTERVALS: u32 = 3;
 const SEED: u64 = 2027;
 
-/// The shipped population, cut to `AGENTS` prosumers. Flexibility offers stay off: this
-/// server clears energy orders only, so a flexibility order would be cleared as energy.
+/// The shipped population (flexibility offers on), cut to `AGENTS` prosumers.
 fn population() -> Population {
     let mut f = PopulationFile::parse(POPULATION).unwrap();
     f.seed = SEED;
     f.prosumers = AGENTS;
-    f.flex.enabled = false;
     Population::generate(&f, FEEDER).unwrap()
 }
 
@@ -82,7 +81,7 @@ async fn run_once() -> Run {
         intervals: INTERVALS,
         streams: 3,
         first_interval: Some(T0 + INTERVAL_S),
-        flex_offers: false,
+        flex_offers: true,
     };
     let mut lines = Vec::new();
     let summary = tokio::time::timeout(
@@ -184,7 +183,9 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
             .map(|a| dec(&a["quantity"]))
             .sum();
         assert!(p2p > Decimal::ZERO, "interval {s}: no peer-to-peer volume");
-        for o in r["orders"].as_array().unwrap() {
+        // Energy orders and flexibility offers alike.
+        let offers = r["flex_offers"].as_array().cloned().unwrap_or_default();
+        for o in r["orders"].as_array().unwrap().iter().chain(&offers) {
             let id = o["id"].as_str().unwrap().to_string();
             recorded_orders += 1;
             accepted.insert(id, dec(&o["accepted_total"]));
@@ -196,7 +197,8 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
     );
 
     // Every battery holds exactly what its recorded fills imply:
-    // start + 5 min × (charged × efficiency − discharged), in kW·min.
+    // start + 5 min × (charged × efficiency − discharged), in kW·min, where flexibility
+    // allocated up is discharged and down is charged.
     let mut batteries = 0;
     for (before, after) in first.initial.agents.iter().zip(&first.last.agents) {
         let (Some(b0), Some(b1)) = (before.battery(), after.battery()) else {
@@ -217,10 +219,12 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
                 "nonce from the interval"
             );
             match Leg::of_nonce(nonce) {
-                Some(Leg::Energy(Purpose::BatteryCharge)) => {
+                Some(Leg::Energy(Purpose::BatteryCharge) | Leg::Flex(Direction::Down)) => {
                     expected += *q * Decimal::from(5) * b0.efficiency()
                 }
-                Some(Leg::Energy(Purpose::BatteryDischarge)) => expected -= *q * Decimal::from(5),
+                Some(Leg::Energy(Purpose::BatteryDischarge) | Leg::Flex(Direction::Up)) => {
+                    expected -= *q * Decimal::from(5)
+                }
                 _ => {}
             }
         }
@@ -236,6 +240,10 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
         .filter(|(a, b)| a.battery() != b.battery())
         .count();
     assert!(moved > 0, "some battery traded");
+    // The operator's evening-laterals requirement (up, nodes 13-18 and 29-33) buys from the
+    // batteries there.
+    let flex: Decimal = first.summary.intervals.iter().map(|r| r.flex_kw).sum();
+    assert!(flex > Decimal::ZERO, "some flexibility was allocated");
 
     // The same seed against a fresh server records the very same intervals, byte for byte.
     let second = run_once().await;

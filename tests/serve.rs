@@ -205,7 +205,7 @@ fn order(
             })
             .collect(),
         device: None,
-        product: pb::Product::Energy as i32,
+        product: pb::Product::Unspecified as i32,
     }
 }
 
@@ -342,6 +342,19 @@ async fn end_to_end(db_url: String) {
     .await;
 }
 
+/// Every entry, paging through the ledger's read limit.
+async fn all_entries(ledger: &Ledger) -> Vec<baton_ledger::Entry> {
+    let mut out: Vec<baton_ledger::Entry> = Vec::new();
+    loop {
+        let from = out.last().map_or(1, |e| e.seq + 1);
+        let page = ledger.entries(from, u64::MAX).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
 /// Verifies the ledger offline and re-clears every recorded interval; returns the intervals.
 async fn check_ledger(
     db_url: &str,
@@ -353,7 +366,7 @@ async fn check_ledger(
         .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
     assert!(report.participant_signatures >= 1);
     let ledger = Ledger::open_existing(db_url).await.unwrap();
-    let entries = ledger.entries(1, u64::MAX).await.unwrap();
+    let entries = all_entries(&ledger).await;
     ledger.close().await;
     let mut intervals = Vec::new();
     for e in entries
@@ -607,6 +620,66 @@ async fn a_restart_keeps_participants_nonces_and_open_orders() {
     let _ = h.db_url;
 }
 
+/// A flexibility offer (product FLEX_UP, a sell) is procured for the operator's requirement and
+/// paid its price; flexibility cannot be bought with an order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flexibility_offer_is_procured_and_paid_the_requirement_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(sqlite_url(&dir), Options::default()).await;
+    let dave = key(4);
+    h.register("dave", &dave, "B", "50").await;
+    let mut fills = h
+        .market
+        .watch_fills(query(&dave, "dave"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The two-node scenario's requirement `evening-B`: up to 10 kW at B at most 0.20.
+    let mut flex = order("dave", 1, "B", pb::Side::Sell, &[("15", "0.12")]);
+    flex.product = pb::Product::FlexUp as i32;
+    let ack = h.submit(&dave, &flex).await.unwrap();
+    let mut bad = order("dave", 2, "B", pb::Side::Buy, &[("5", "0.12")]);
+    bad.product = pb::Product::FlexUp as i32;
+    let e = h.submit(&dave, &bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("side"), "{}", e.message());
+    let mut unknown = order("dave", 3, "B", pb::Side::Sell, &[("5", "0.12")]);
+    unknown.product = 99;
+    let e = h.submit(&dave, &unknown).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("product"), "{}", e.message());
+
+    let r = h.admin_request(Command::ClearNow(pb::ClearNow {}));
+    h.admin.clear_now(r).await.unwrap();
+    let fill = tokio::time::timeout(Duration::from_secs(RESULT_WAIT_S), fills.message())
+        .await
+        .expect("a fill within the wait")
+        .unwrap()
+        .expect("a fill");
+    assert_eq!(fill.order_id, ack.order_id);
+    assert_eq!(fill.product, pb::Product::FlexUp as i32);
+    // 10 of the 15 kW are needed; the offer is marginal, so the requirement's price is its
+    // 0.12, and it earns 10 kW × 0.12 × 5/60 h = 0.10.
+    assert_eq!(
+        fill.accepted_total
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        10.into()
+    );
+    assert_eq!(
+        fill.flex_price.parse::<rust_decimal::Decimal>().unwrap(),
+        rust_decimal::Decimal::new(12, 2)
+    );
+    assert_eq!(fill.payment, "0.10");
+    h.stop().await;
+    check_ledger(
+        &sqlite_url(&dir),
+        1,
+        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
+    )
+    .await;
+}
+
 /// A `baton serve` child process and the address it printed.
 struct Child {
     child: std::process::Child,
@@ -622,6 +695,16 @@ impl Drop for Child {
 }
 
 fn spawn_serve(dir: &std::path::Path) -> Child {
+    spawn_serve_with(dir, "20", None)
+}
+
+/// `baton serve` on two-node with one-minute intervals at `time_scale`; each stderr line
+/// containing `"gate closed; clearing"` is also sent to `clearing`.
+fn spawn_serve_with(
+    dir: &std::path::Path,
+    time_scale: &str,
+    clearing: Option<std::sync::mpsc::Sender<String>>,
+) -> Child {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -636,9 +719,9 @@ fn spawn_serve(dir: &std::path::Path) -> Child {
         ))
         // One-minute intervals at 20× real time: a gate closes every 3 real seconds.
         .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
-        .args(["--intervals-ahead", "2", "--time-scale", "20"])
+        .args(["--intervals-ahead", "2", "--time-scale", time_scale])
         .args(["--open-orders-max", "1000000"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,baton::server::scheduler=info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -653,6 +736,11 @@ fn spawn_serve(dir: &std::path::Path) -> Child {
         {
             if let Some(a) = line.strip_prefix("baton: listening on ") {
                 let _ = tx.send(a.to_string());
+            }
+            if let Some(c) = &clearing {
+                if line.contains("gate closed; clearing") {
+                    let _ = c.send(line.clone());
+                }
             }
         }
     });
@@ -772,7 +860,7 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
 
     let url = format!("sqlite://{}", dir.path().join("baton.db").display());
     let ledger = Ledger::open_existing(&url).await.unwrap();
-    let entries = ledger.entries(1, u64::MAX).await.unwrap();
+    let entries = all_entries(&ledger).await;
     ledger.close().await;
     for a in &acked {
         let e = &entries[(a.ledger_seq - 1) as usize];
@@ -799,5 +887,161 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
         "crash test: {} orders acknowledged, {} intervals recorded",
         acked.len(),
         intervals.len()
+    );
+}
+
+/// SIGKILL while an interval with a large book is being cleared: on restart the interval is
+/// recorded exactly once (never half), with every acknowledged order in its book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_clearing_records_the_interval_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clearing_tx, clearing_rx) = std::sync::mpsc::channel();
+    // Six real seconds per one-minute interval: time to submit a large book before its gate.
+    let mut c = spawn_serve_with(dir.path(), "10", Some(clearing_tx));
+    let operator = OperatorKey::load(&dir.path().join("operator.key")).unwrap();
+    let ch = connect(&c.addr).await;
+    let mut admin = AdminServiceClient::new(ch.clone());
+    let mut market = MarketServiceClient::new(ch);
+    let alice = key(1);
+    admin
+        .register_participant(signed_admin(
+            &operator,
+            1,
+            Command::RegisterParticipant(pb::RegisterParticipant {
+                participant_id: "alice".into(),
+                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
+                node: "A".into(),
+                roles: vec!["prosumer".into()],
+                capacity_kw: "50".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    let status = admin
+        .status(signed_admin(&operator, 2, Command::Status(pb::Status {})))
+        .await
+        .unwrap()
+        .into_inner();
+    // One stream of distinct orders (many price levels) for the interval after the next: its
+    // gate is at least one interval (6 real seconds) away.
+    let target = status.next_interval_start + 60;
+    const BOOK_ORDERS: u64 = 12_000;
+    let orders: Vec<pb::SignedOrder> = (1..=BOOK_ORDERS)
+        .map(|n| {
+            let side = if n % 2 == 0 {
+                pb::Side::Buy
+            } else {
+                pb::Side::Sell
+            };
+            let price = format!("0.{:04}", 100 + n % 3_000);
+            let mut o = order("alice", n, "A", side, &[("0.5", &price)]);
+            o.interval_start = target;
+            sign_order(&alice, &o)
+        })
+        .collect();
+    let outcome = market
+        .submit_orders(tokio_stream::iter(orders))
+        .await
+        .unwrap()
+        .into_inner();
+    let acked: Vec<pb::SubmitOrderResponse> = outcome
+        .outcomes
+        .into_iter()
+        .filter_map(|o| match o.outcome {
+            Some(pb::submit_outcome::Outcome::Accepted(a)) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        acked.len() > 1_000,
+        "only {} of {BOOK_ORDERS} orders acknowledged before the gate",
+        acked.len()
+    );
+    // Kill the moment the scheduler starts clearing the interval that holds the book.
+    let needle = format!("interval={target}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
+    loop {
+        let line = clearing_rx
+            .recv_timeout(Duration::from_secs(RESULT_WAIT_S))
+            .expect("the scheduler clears the interval");
+        if line.contains(&needle) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+    }
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let recorded_at_kill = {
+        let ledger = Ledger::open_existing(&url).await.unwrap();
+        let r = ledger.has_interval(target).await.unwrap();
+        ledger.close().await;
+        r
+    };
+
+    // Restart: the interval whose gate closed while down is cleared (or was, before the kill).
+    let mut c = spawn_serve_with(dir.path(), "10", None);
+    let mut admin = AdminServiceClient::new(connect(&c.addr).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
+    let mut admin_nonce = 2;
+    loop {
+        admin_nonce += 1;
+        let s = admin
+            .status(signed_admin(
+                &operator,
+                admin_nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.last_cleared_interval >= target {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval {target} not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = c.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    c.child.wait().unwrap();
+
+    let ledger = Ledger::open_existing(&url).await.unwrap();
+    let entries = all_entries(&ledger).await;
+    ledger.close().await;
+    for kind in [
+        EntryKind::IntervalInput,
+        EntryKind::IntervalResult,
+        EntryKind::Settlement,
+    ] {
+        let n = entries
+            .iter()
+            .filter(|e| e.kind == kind && e.interval_start == Some(target))
+            .count();
+        assert_eq!(n, 1, "interval {target}: {n} {kind:?} entries");
+    }
+    let input = entries
+        .iter()
+        .find(|e| e.kind == EntryKind::IntervalInput && e.interval_start == Some(target))
+        .unwrap();
+    let input: baton::record::IntervalInput = serde_json::from_slice(&input.body).unwrap();
+    let in_book: std::collections::HashSet<String> =
+        input.market.orders.into_iter().map(|o| o.id).collect();
+    for a in &acked {
+        assert!(
+            in_book.contains(&a.order_id),
+            "{} missing from the book",
+            a.order_id
+        );
+    }
+    assert_eq!(in_book.len(), acked.len());
+    check_ledger(&url, 1, &operator.public_key()).await;
+    eprintln!(
+        "crash while clearing: {} orders in the book; interval recorded before the kill: {recorded_at_kill}",
+        acked.len()
     );
 }

@@ -159,7 +159,9 @@ async fn install_network(
     mut spec: MarketSpec,
     origin: Option<Origin<'_>>,
 ) -> Result<u64, ServiceError> {
+    // Participants' energy and flexibility come as signed orders, never from the network file.
     spec.orders.clear();
+    spec.flex_offers.clear();
     spec.interval_minutes = shared.interval_minutes;
     if let Some(f) = shared.price_floor {
         spec.price_floor = f;

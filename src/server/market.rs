@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_proto::v1 as pb;
+use futures_util::FutureExt;
 use pb::market_service_server::MarketService;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,8 +14,16 @@ use tonic::{Request, Response, Status, Streaming};
 use super::clock::wall_now_ms;
 use super::commit::CommitItem;
 use super::error::ServiceError;
-use super::state::OrderStatus;
+use super::state::{preverify_order, OrderStatus, Preverified};
 use super::{ClearedInterval, Shared, LIST_ORDERS_MAX, STREAM_ORDERS_MAX};
+
+/// Orders read from a stream and verified together: large enough to keep both verification
+/// threads busy, small enough that the first acks leave early.
+const INTAKE_CHUNK_ORDERS_MAX: usize = 256;
+/// Threads that check one chunk's signatures (this machine class has 2 cores).
+const INTAKE_VERIFY_THREADS: usize = 2;
+/// Outcomes an order stream buffers for a slow reader before intake waits.
+const OUTCOME_STREAM_BUFFER: usize = 4_096;
 
 /// Messages a watch stream buffers for a slow client before the forwarder waits.
 const WATCH_STREAM_BUFFER: usize = 64;
@@ -26,13 +35,66 @@ pub(crate) struct MarketApi {
 type Ack = oneshot::Receiver<Result<u64, ServiceError>>;
 
 impl MarketApi {
+    /// Decodes and verifies an order against a snapshot of its participant's key, without
+    /// holding the state lock (signature checks are most of intake's work).
+    fn preverify(&self, signed: &pb::SignedOrder) -> Result<Preverified, ServiceError> {
+        preverify_order(signed, |pid| self.shared.lock().participant_key(pid))
+    }
+
+    /// Preverifies a chunk of orders, splitting the signature checks over
+    /// `INTAKE_VERIFY_THREADS` threads off the async workers.
+    async fn preverify_chunk(
+        &self,
+        chunk: Arc<Vec<pb::SignedOrder>>,
+    ) -> Vec<Result<Preverified, ServiceError>> {
+        let shared = self.shared.clone();
+        let c = chunk.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let key_of = |pid: &str| shared.lock().participant_key(pid);
+            let per = c.len().div_ceil(INTAKE_VERIFY_THREADS).max(1);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = c
+                    .chunks(per)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|m| preverify_order(m, key_of))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                parts
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("a verification thread panicked"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        match verified {
+            Ok(v) => v,
+            // Unreachable short of a panic; verify each under the normal path.
+            Err(_) => chunk.iter().map(|m| self.preverify(m)).collect(),
+        }
+    }
+
     /// Validates an order and queues it for the ledger; the receiver yields its seq once
     /// durable. Validation, nonce reservation and queueing happen under one lock so a
     /// concurrent duplicate nonce is refused and the scheduler's barrier follows it.
-    fn enqueue(&self, signed: &pb::SignedOrder) -> Result<(String, i64, Ack), ServiceError> {
+    fn enqueue(
+        &self,
+        signed: &pb::SignedOrder,
+        pre: Result<Preverified, ServiceError>,
+    ) -> Result<(String, i64, Ack), ServiceError> {
+        let pre = pre?;
         let now = self.shared.clock.now_ms();
         let mut st = self.shared.lock();
-        let v = st.validate_order(signed, &self.shared.timing, &self.shared.limits, now)?;
+        let v = st.validate_order(
+            signed,
+            Some(pre),
+            &self.shared.timing,
+            &self.shared.limits,
+            now,
+        )?;
         let (tx, rx) = oneshot::channel();
         let (id, interval) = (v.record.id.clone(), v.record.interval_start);
         st.reserve_order(&v);
@@ -45,6 +107,24 @@ impl MarketApi {
             return Err(ServiceError::Busy);
         }
         Ok((id, interval, rx))
+    }
+
+    /// Reads the next message and whatever else the stream already holds, up to
+    /// `INTAKE_CHUNK_ORDERS_MAX`. `None` at the end of the stream.
+    async fn next_chunk(
+        stream: &mut Streaming<pb::SignedOrder>,
+    ) -> Result<Option<Vec<pb::SignedOrder>>, Status> {
+        let Some(first) = stream.next().await else {
+            return Ok(None);
+        };
+        let mut chunk = vec![first?];
+        while chunk.len() < INTAKE_CHUNK_ORDERS_MAX {
+            match stream.next().now_or_never() {
+                Some(Some(m)) => chunk.push(m?),
+                _ => break,
+            }
+        }
+        Ok(Some(chunk))
     }
 
     fn wall_now_s(&self) -> i64 {
@@ -61,6 +141,24 @@ async fn acked(
         ledger_seq: seq,
         interval_start,
     })
+}
+
+/// One order's outcome in a stream's answer.
+fn outcome(index: u64, r: Result<pb::SubmitOrderResponse, ServiceError>) -> pb::SubmitOutcome {
+    let outcome = match r {
+        Ok(a) => pb::submit_outcome::Outcome::Accepted(a),
+        Err(e) => {
+            let s = Status::from(e);
+            pb::submit_outcome::Outcome::Refused(pb::Refusal {
+                code: s.code() as i32,
+                message: s.message().to_string(),
+            })
+        }
+    };
+    pb::SubmitOutcome {
+        index,
+        outcome: Some(outcome),
+    }
 }
 
 /// Forwards a broadcast of cleared intervals to a client stream until the client goes away or
@@ -103,7 +201,8 @@ impl MarketService for MarketApi {
         &self,
         request: Request<pb::SignedOrder>,
     ) -> Result<Response<pb::SubmitOrderResponse>, Status> {
-        let queued = self.enqueue(request.get_ref())?;
+        let pre = self.preverify(request.get_ref());
+        let queued = self.enqueue(request.get_ref(), pre)?;
         Ok(Response::new(acked(queued).await?))
     }
 
@@ -115,16 +214,19 @@ impl MarketService for MarketApi {
         // Validate and queue each order as it arrives without waiting for its append, so one
         // stream fills a group commit; then wait for every ack.
         let mut pending = Vec::new();
-        while let Some(msg) = stream.next().await {
-            let msg = msg?;
-            if pending.len() >= STREAM_ORDERS_MAX {
+        while let Some(chunk) = Self::next_chunk(&mut stream).await? {
+            if pending.len() + chunk.len() > STREAM_ORDERS_MAX {
                 return Err(ServiceError::Limit {
                     what: "orders per SubmitOrders stream",
                     limit: STREAM_ORDERS_MAX,
                 }
                 .into());
             }
-            pending.push(self.enqueue(&msg));
+            let chunk = Arc::new(chunk);
+            let verified = self.preverify_chunk(chunk.clone()).await;
+            for (msg, pre) in chunk.iter().zip(verified) {
+                pending.push(self.enqueue(msg, pre));
+            }
         }
         let mut out = pb::SubmitOrdersResponse::default();
         for (i, p) in pending.into_iter().enumerate() {
@@ -132,26 +234,73 @@ impl MarketService for MarketApi {
                 Ok(q) => acked(q).await,
                 Err(e) => Err(e),
             };
-            let outcome = match r {
-                Ok(a) => {
-                    out.accepted += 1;
-                    pb::submit_outcome::Outcome::Accepted(a)
-                }
-                Err(e) => {
-                    out.refused += 1;
-                    let s = Status::from(e);
-                    pb::submit_outcome::Outcome::Refused(pb::Refusal {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    })
-                }
-            };
-            out.outcomes.push(pb::SubmitOutcome {
-                index: i as u64,
-                outcome: Some(outcome),
-            });
+            match r {
+                Ok(_) => out.accepted += 1,
+                Err(_) => out.refused += 1,
+            }
+            out.outcomes.push(outcome(i as u64, r));
         }
         Ok(Response::new(out))
+    }
+
+    type SubmitOrderStreamStream = BoxStream<pb::SubmitOutcome>;
+
+    async fn submit_order_stream(
+        &self,
+        request: Request<Streaming<pb::SignedOrder>>,
+    ) -> Result<Response<Self::SubmitOrderStreamStream>, Status> {
+        let mut stream = request.into_inner();
+        let (queued_tx, mut queued_rx) = mpsc::channel(OUTCOME_STREAM_BUFFER);
+        let (out_tx, out_rx) = mpsc::channel(OUTCOME_STREAM_BUFFER);
+        let api = MarketApi {
+            shared: self.shared.clone(),
+        };
+        // Reader: verify and queue each chunk as it arrives.
+        let end_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut index = 0u64;
+            loop {
+                let chunk = match Self::next_chunk(&mut stream).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = end_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                if index as usize + chunk.len() > STREAM_ORDERS_MAX {
+                    let e: Status = ServiceError::Limit {
+                        what: "orders per SubmitOrderStream stream",
+                        limit: STREAM_ORDERS_MAX,
+                    }
+                    .into();
+                    let _ = end_tx.send(Err(e)).await;
+                    break;
+                }
+                let chunk = Arc::new(chunk);
+                let verified = api.preverify_chunk(chunk.clone()).await;
+                for (msg, pre) in chunk.iter().zip(verified) {
+                    let q = api.enqueue(msg, pre);
+                    if queued_tx.send((index, q)).await.is_err() {
+                        return;
+                    }
+                    index += 1;
+                }
+            }
+        });
+        // Writer: answer in order as each append commits (the commit task answers in order).
+        tokio::spawn(async move {
+            while let Some((index, q)) = queued_rx.recv().await {
+                let r = match q {
+                    Ok(q) => acked(q).await,
+                    Err(e) => Err(e),
+                };
+                if out_tx.send(Ok(outcome(index, r))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 
     async fn cancel_order(

@@ -133,6 +133,26 @@ pub struct ServerConfig {
     pub price_cap: Option<Decimal>,
     /// Intake limits.
     pub limits: Limits,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM); plaintext when `None`.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, PEM encoded.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
@@ -150,6 +170,7 @@ impl ServerConfig {
             price_floor: None,
             price_cap: None,
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -320,9 +341,15 @@ pub async fn run(
         shared: shared.clone(),
     });
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, "baton serve: listening");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        ))?;
+    }
+    tracing::info!(?addr, tls = config.tls.is_some(), "baton serve: listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = tonic::transport::Server::builder()
+    let served = builder
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .add_service(health_service)
         .add_service(reflection)

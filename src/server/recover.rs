@@ -16,7 +16,8 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
 use super::state::{
-    order_id, parse_decimal, MarketState, OrderRecord, OrderStatus, Participant, ParticipantDetails,
+    order_id, parse_decimal, MarketState, OrderRecord, OrderStatus, Participant,
+    ParticipantDetails, Product,
 };
 
 /// What the rebuild read, beyond the market state.
@@ -247,6 +248,7 @@ pub(crate) fn record_from_wire(order: &pb::Order) -> Option<OrderRecord> {
         interval_start: order.interval_start,
         node: order.node.clone(),
         side,
+        product: Product::from_wire(order.product)?,
         blocks,
         device: order.device.clone(),
         status: OrderStatus::Open,

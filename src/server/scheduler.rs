@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_engine::model::Direction;
 use baton_engine::units::{round_at, MONEY_SCALE};
 use baton_engine::{clear, settle, Market, MarketSpec, Side};
 use baton_ledger::{EntryKind, NewEntry};
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit::CommitItem;
 use super::error::ServiceError;
-use super::state::{side_to_proto, OrderRecord};
+use super::state::{side_to_proto, BookSpecs};
 use super::{ClearNowReply, ClearedInterval, Shared, RESULTS_KEPT_MAX};
 
 /// Slowest poll of the clock, real time: a gate closes at most this late.
@@ -123,10 +124,13 @@ pub(crate) async fn clear_interval(
     let Some(network) = network else {
         return Ok(None);
     };
+    tracing::info!(interval = s, orders = orders.len(), "gate closed; clearing");
     let t0 = Instant::now();
     let mut spec: MarketSpec = (*network).clone();
-    spec.orders = orders.iter().map(OrderRecord::to_spec).collect();
-    let order_count = spec.orders.len();
+    let book = BookSpecs::from_records(&orders);
+    spec.orders = book.orders;
+    spec.flex_offers = book.flex_offers;
+    let order_count = spec.orders.len() + spec.flex_offers.len();
     let built = tokio::task::spawn_blocking(move || build(s, spec))
         .await
         .map_err(|e| ServiceError::Storage(format!("clearing task failed: {e}")))?;
@@ -279,6 +283,53 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
                 MONEY_SCALE,
             )
             .to_string(),
+            product: pb::Product::Energy as i32,
+            flex_price: String::new(),
+        });
+    }
+    // Flexibility offers: paid per requirement allocation (memo `flex <offer> for <req>`).
+    let participant_flex: std::collections::HashSet<&str> =
+        spec.flex_offers.iter().map(|o| o.id.as_str()).collect();
+    for f in &clearing.flex_offers {
+        if !participant_flex.contains(f.id.as_str()) {
+            continue;
+        }
+        let memo = format!("flex {} for ", f.id);
+        let paid: Decimal = settlement
+            .postings
+            .iter()
+            .filter(|p| p.account == f.account && p.memo.starts_with(&memo))
+            .map(|p| p.amount)
+            .sum();
+        // The requirement price an offer earned: that of its largest allocation (offers at a
+        // node covered by several requirements can be paid by more than one).
+        let price = f
+            .allocations
+            .iter()
+            .filter(|(_, q)| !q.is_zero())
+            .max_by(|a, b| a.1.cmp(&b.1))
+            .map(|(ri, _)| clearing.flex_requirements[*ri].price.to_string())
+            .unwrap_or_default();
+        let node = spec
+            .flex_offers
+            .iter()
+            .find(|o| o.id == f.id)
+            .map(|o| o.node.clone())
+            .unwrap_or_default();
+        fills.entry(f.account.clone()).or_default().push(pb::Fill {
+            interval_start: s,
+            order_id: f.id.clone(),
+            side: pb::Side::Sell as i32,
+            node,
+            accepted: f.accepted.iter().map(|d| d.to_string()).collect(),
+            accepted_total: f.accepted_total.to_string(),
+            node_price: String::new(),
+            payment: round_at(paid, MONEY_SCALE).to_string(),
+            product: match f.direction {
+                Direction::Up => pb::Product::FlexUp,
+                Direction::Down => pb::Product::FlexDown,
+            } as i32,
+            flex_price: price,
         });
     }
     Ok((entries, ClearedInterval { result, fills }))

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use baton_engine::model::{BlockSpec, MarketSpec, OrderSpec, BLOCKS_PER_ORDER_MAX};
+use baton_engine::model::{
+    BlockSpec, Direction, FlexOfferSpec, MarketSpec, OrderSpec, BLOCKS_PER_ORDER_MAX,
+};
 use baton_engine::units::{PRICE_SCALE, QUANTITY_ABS_MAX, QUANTITY_SCALE};
 use baton_engine::Side;
 use baton_ledger::SignedMessageBody;
@@ -47,6 +49,61 @@ pub(crate) enum OrderStatus {
     Cleared,
 }
 
+/// What an order trades.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Product {
+    /// Energy at the node, bought or sold.
+    Energy,
+    /// Flexibility offered (always a sell) to the requirements covering the node.
+    Flex(Direction),
+}
+
+impl Product {
+    /// The wire value; `PRODUCT_UNSPECIFIED` means energy.
+    pub(crate) fn from_wire(v: i32) -> Option<Product> {
+        match pb::Product::try_from(v).ok()? {
+            pb::Product::Unspecified | pb::Product::Energy => Some(Product::Energy),
+            pb::Product::FlexUp => Some(Product::Flex(Direction::Up)),
+            pb::Product::FlexDown => Some(Product::Flex(Direction::Down)),
+        }
+    }
+
+    pub(crate) fn to_wire(self) -> pb::Product {
+        match self {
+            Product::Energy => pb::Product::Energy,
+            Product::Flex(Direction::Up) => pb::Product::FlexUp,
+            Product::Flex(Direction::Down) => pb::Product::FlexDown,
+        }
+    }
+}
+
+/// The engine's form of one interval's book.
+#[derive(Debug, Default)]
+pub(crate) struct BookSpecs {
+    pub(crate) orders: Vec<OrderSpec>,
+    pub(crate) flex_offers: Vec<FlexOfferSpec>,
+}
+
+impl BookSpecs {
+    pub(crate) fn from_records(records: &[OrderRecord]) -> BookSpecs {
+        let mut b = BookSpecs::default();
+        for r in records {
+            match r.product {
+                Product::Energy => b.orders.push(r.to_spec()),
+                Product::Flex(direction) => b.flex_offers.push(FlexOfferSpec {
+                    id: r.id.clone(),
+                    participant: Some(r.participant.clone()),
+                    node: r.node.clone(),
+                    direction,
+                    blocks: r.blocks.clone(),
+                    device: r.device.clone(),
+                }),
+            }
+        }
+        b
+    }
+}
+
 /// An accepted order.
 #[derive(Clone, Debug)]
 pub(crate) struct OrderRecord {
@@ -55,6 +112,7 @@ pub(crate) struct OrderRecord {
     pub(crate) interval_start: i64,
     pub(crate) node: String,
     pub(crate) side: Side,
+    pub(crate) product: Product,
     pub(crate) blocks: Vec<BlockSpec>,
     pub(crate) device: Option<String>,
     pub(crate) status: OrderStatus,
@@ -102,6 +160,7 @@ impl OrderRecord {
                 .accepted_total
                 .map(|d| d.to_string())
                 .unwrap_or_default(),
+            product: self.product.to_wire() as i32,
         }
     }
 }
@@ -243,6 +302,44 @@ fn signature(bytes: &[u8], who: &str) -> Result<[u8; 64], ServiceError> {
         .map_err(|_| ServiceError::BadSignature(who.to_string()))
 }
 
+/// A signed order decoded and checked against a snapshot of its participant's key.
+#[derive(Debug)]
+pub(crate) struct Preverified {
+    pub(crate) order: pb::Order,
+    pub(crate) key: VerifyingKey,
+    pub(crate) signature: [u8; 64],
+}
+
+/// Checks an envelope's size and decodes its order.
+pub(crate) fn decode_order(signed: &pb::SignedOrder) -> Result<pb::Order, ServiceError> {
+    if signed.order.len() > ORDER_BYTES_MAX {
+        return Err(invalid(
+            "order",
+            format!("is larger than {ORDER_BYTES_MAX} bytes"),
+        ));
+    }
+    pb::Order::decode(signed.order.as_slice())
+        .map_err(|e| invalid("order", format!("is not a serialized baton.v1.Order: {e}")))
+}
+
+/// Decodes a signed order and verifies its signature (`verify_strict`) with `key_of` — the
+/// expensive part of intake, done without holding the state lock.
+pub(crate) fn preverify_order(
+    signed: &pb::SignedOrder,
+    key_of: impl FnOnce(&str) -> Result<VerifyingKey, ServiceError>,
+) -> Result<Preverified, ServiceError> {
+    let order = decode_order(signed)?;
+    let key = key_of(&order.participant_id)?;
+    let sig = signature(&signed.signature, &order.participant_id)?;
+    key.verify_strict(&signed.order, &Signature::from_bytes(&sig))
+        .map_err(|_| ServiceError::BadSignature(order.participant_id.clone()))?;
+    Ok(Preverified {
+        order,
+        key,
+        signature: sig,
+    })
+}
+
 impl MarketState {
     /// Verifies a participant's signature over `payload`, returning the participant.
     fn authenticate(
@@ -302,25 +399,47 @@ impl MarketState {
         Ok(())
     }
 
+    /// The registered key of a participant (for verifying outside the state lock).
+    pub(crate) fn participant_key(
+        &self,
+        participant_id: &str,
+    ) -> Result<VerifyingKey, ServiceError> {
+        self.participants
+            .get(participant_id)
+            .map(|p| p.key)
+            .ok_or_else(|| ServiceError::UnknownParticipant(participant_id.to_string()))
+    }
+
     /// Every intake check of a signed order, in the order that makes the status honest:
-    /// authenticity first, then the market's state, then the fields.
+    /// authenticity first, then the market's state, then the fields. `pre`, if given, is the
+    /// same envelope already decoded and verified (`preverify_order`) against a key snapshot;
+    /// it is trusted only if that key is still the participant's.
     pub(crate) fn validate_order(
         &self,
         signed: &pb::SignedOrder,
+        pre: Option<Preverified>,
         timing: &Timing,
         limits: &Limits,
         now_ms: i64,
     ) -> Result<ValidOrder, ServiceError> {
-        if signed.order.len() > ORDER_BYTES_MAX {
-            return Err(invalid(
-                "order",
-                format!("is larger than {ORDER_BYTES_MAX} bytes"),
-            ));
-        }
-        let order = pb::Order::decode(signed.order.as_slice())
-            .map_err(|e| invalid("order", format!("is not a serialized baton.v1.Order: {e}")))?;
+        let (order, participant, sig) = match pre {
+            Some(pre)
+                if self
+                    .participants
+                    .get(&pre.order.participant_id)
+                    .is_some_and(|p| p.key == pre.key) =>
+            {
+                let p = &self.participants[&pre.order.participant_id];
+                (pre.order, p, pre.signature)
+            }
+            _ => {
+                let order = decode_order(signed)?;
+                let (p, sig) =
+                    self.authenticate(&order.participant_id, &signed.order, &signed.signature)?;
+                (order, p, sig)
+            }
+        };
         let pid = order.participant_id.as_str();
-        let (participant, sig) = self.authenticate(pid, &signed.order, &signed.signature)?;
         if !participant.active {
             return Err(ServiceError::Suspended(pid.to_string()));
         }
@@ -347,6 +466,18 @@ impl MarketState {
             Ok(pb::Side::Sell) => Side::Sell,
             _ => return Err(invalid("side", "must be SIDE_BUY or SIDE_SELL")),
         };
+        let product = Product::from_wire(order.product).ok_or_else(|| {
+            invalid(
+                "product",
+                format!("{} is not a baton.v1.Product", order.product),
+            )
+        })?;
+        if matches!(product, Product::Flex(_)) && side != Side::Sell {
+            return Err(invalid(
+                "side",
+                "flexibility is offered with SIDE_SELL (the network operator posts requirements)",
+            ));
+        }
         if order.blocks.is_empty() || order.blocks.len() > BLOCKS_PER_ORDER_MAX {
             return Err(invalid(
                 "blocks",
@@ -421,6 +552,7 @@ impl MarketState {
                 interval_start: order.interval_start,
                 node: order.node.clone(),
                 side,
+                product,
                 blocks,
                 device: order.device.clone(),
                 status: OrderStatus::Open,

@@ -678,6 +678,15 @@ impl MarketClient {
     pub async fn watch_results(&self) -> Result<ResultStream<pb::IntervalResult>, ClientError> {
         self.public.watch_results().await
     }
+
+    /// See [`PublicClient::submit_signed`]: orders signed by any participants, one stream,
+    /// one attempt.
+    pub async fn submit_signed(
+        &self,
+        orders: Vec<pb::SignedOrder>,
+    ) -> Result<Vec<Result<Ack, ClientError>>, ClientError> {
+        self.public.submit_signed(orders).await
+    }
 }
 
 /// Whether the server's record of an order is `order` (same interval, node, side, device and

@@ -703,3 +703,80 @@ async fn errors_keep_the_grpc_code_and_the_servers_message() {
     assert!(matches!(e, ClientError::Connect { .. }), "{e}");
     assert!(e.is_transient());
 }
+
+/// Participants trading over one shared connection in the scale test.
+const SHARED_PARTICIPANTS: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_participants_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(&dir, 1.0).await;
+    let admin = s.admin();
+    let t = std::time::Instant::now();
+    let mut clients = Vec::with_capacity(SHARED_PARTICIPANTS);
+    for i in 0..SHARED_PARTICIPANTS {
+        let id = format!("h{i:03}");
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        let key = ParticipantKey::from_seed(&seed);
+        let node = if i % 2 == 0 { "A" } else { "B" };
+        admin
+            .register_participant(&NewParticipant {
+                id: id.clone(),
+                node: node.into(),
+                public_key_hex: key.public_key_hex(),
+                roles: vec!["prosumer".into()],
+                capacity_kw: None,
+            })
+            .await
+            .unwrap();
+        clients.push((MarketClient::new(s.channel.clone(), id, key), node));
+    }
+    let registered = t.elapsed();
+    // Everyone watches its fills and submits at once, over the one channel.
+    let t = std::time::Instant::now();
+    let mut watches = Vec::new();
+    for (c, _) in &clients {
+        watches.push(c.watch_fills().await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, node) in clients.iter().cloned() {
+        tasks.spawn(async move {
+            let side = if node == "A" {
+                pb::Side::Sell
+            } else {
+                pb::Side::Buy
+            };
+            c.submit(NewOrder::energy(
+                OPEN,
+                node,
+                side,
+                vec![BlockSpec::priced(d("1"), d("0.1"))],
+            ))
+            .await
+        });
+    }
+    let mut seqs = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        seqs.insert(r.unwrap().unwrap().ledger_seq);
+    }
+    let submitted = t.elapsed();
+    assert_eq!(seqs.len(), SHARED_PARTICIPANTS);
+    s.admin().clear_now().await.unwrap();
+    for (w, (c, _)) in watches.iter_mut().zip(&clients) {
+        let f = tokio::time::timeout(Duration::from_secs(WAIT_S), w.next())
+            .await
+            .unwrap_or_else(|_| panic!("{}: no fill", c.participant_id()))
+            .unwrap()
+            .unwrap();
+        assert!(f.order_id.starts_with(c.participant_id()));
+    }
+    eprintln!(
+        "{SHARED_PARTICIPANTS} participants on one connection: registered in {:.2} s, \
+         {SHARED_PARTICIPANTS} watches opened and orders acknowledged in {:.2} s, \
+         every fill delivered",
+        registered.as_secs_f64(),
+        submitted.as_secs_f64()
+    );
+    s.stop().await;
+}

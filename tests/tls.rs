@@ -1,0 +1,87 @@
+//! `baton serve` over TLS: a real rustls server on 127.0.0.1:0 with a certificate generated for
+//! the test, a client that trusts only that certificate, and a plaintext client that fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::server::{self, ServerConfig, TlsIdentity};
+use baton_ledger::OperatorKey;
+use baton_proto::v1 as pb;
+use pb::market_service_client::MarketServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_market_serves_over_tls_and_refuses_plaintext() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let mut config = ServerConfig::new(db, OperatorKey::from_seed(&[7; 32]));
+    config.scenario = Some(include_str!("../scenarios/two-node.toml").to_string());
+    config.clock = Arc::new(server::ScaledClock::new(1_800_000_000_000, 1.0));
+    config.tls = Some(TlsIdentity {
+        cert_pem: cert_pem.clone().into_bytes(),
+        key_pem: key_pem.into_bytes(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+
+    // A client that trusts the server's certificate gets a real answer (no result yet).
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection with the trusted certificate");
+    let err = MarketServiceClient::new(channel)
+        .get_interval_result(pb::GetIntervalResultRequest {
+            interval_start: 1_800_000_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // A plaintext client cannot talk to it.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let r = MarketServiceClient::new(ch)
+            .get_interval_result(pb::GetIntervalResultRequest {
+                interval_start: 1_800_000_000,
+            })
+            .await;
+        let e = r.expect_err("plaintext gRPC to a TLS server fails");
+        assert_ne!(e.code(), Code::NotFound, "{e:?}");
+    }
+
+    // A client that does not trust the certificate is refused at the handshake.
+    let untrusted = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().domain_name("localhost"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    assert!(untrusted.is_err(), "an untrusted certificate is refused");
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
