@@ -31,12 +31,16 @@ const AGENTS: usize = 30;
 const INTERVALS: u32 = 3;
 const SEED: u64 = 2027;
 
-/// The shipped population (flexibility offers on), cut to `AGENTS` prosumers.
-fn population() -> Population {
+/// The shipped population (flexibility offers on) with `seed`, cut to `AGENTS` prosumers.
+fn population_of(seed: u64) -> Population {
     let mut f = PopulationFile::parse(POPULATION).unwrap();
-    f.seed = SEED;
+    f.seed = seed;
     f.prosumers = AGENTS;
     Population::generate(&f, FEEDER).unwrap()
+}
+
+fn population() -> Population {
+    population_of(SEED)
 }
 
 struct Run {
@@ -260,16 +264,72 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
     assert_eq!(ledger, again, "same seed, same recorded intervals");
 }
 
-/// `baton agents --write-participants` without a server writes the registration CSV and
-/// nothing else: one line per prosumer, the same bytes the library generates.
-#[test]
-fn the_cli_writes_the_participants_csv() {
+/// A `baton serve` child process on the feeder, 60× real time; killed on drop.
+struct Serve {
+    child: std::process::Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve() -> Serve {
+    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("participants.csv");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--time-scale", "60"])
+        .arg("--db")
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("baton.db").display()
+        ))
+        .arg("--operator-key")
+        .arg(dir.path().join("operator.key"))
+        .arg("--scenario")
+        .arg(root.join("scenarios/ieee33-feeder.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.strip_prefix("baton: listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("baton serve prints its address");
+    Serve { child, addr, dir }
+}
+
+/// The operator's path with the binaries alone: `baton agents --write-participants` writes
+/// the registration CSV (the same bytes the library generates), `baton admin participants
+/// import` registers it, and `baton agents --server` trades with one progress line per
+/// interval and no refusal.
+#[test]
+fn the_cli_writes_the_csv_the_operator_imports_and_trades() {
+    let baton = || std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let population = root.join("scenarios/ieee33-agents.toml");
+    let serve = spawn_serve();
+    let csv = serve.dir.path().join("participants.csv");
+    let out = baton()
         .args(["agents", "--scenario"])
-        .arg(root.join("scenarios/ieee33-agents.toml"))
+        .arg(&population)
         .args([
             "--seed",
             "2027",
@@ -286,18 +346,46 @@ fn the_cli_writes_the_participants_csv() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&csv).unwrap();
-    let mut f = PopulationFile::parse(POPULATION).unwrap();
-    f.seed = SEED;
-    f.prosumers = AGENTS;
-    assert_eq!(
-        text,
-        Population::generate(&f, FEEDER).unwrap().participants_csv()
-    );
+    assert_eq!(text, population_of(SEED).participants_csv());
     assert_eq!(text.lines().count(), AGENTS + 1);
+
+    let url = format!("http://{}", serve.addr);
+    let out = baton()
+        .args(["admin", "--server", &url, "--operator-key"])
+        .arg(serve.dir.path().join("operator.key"))
+        .args(["participants", "import"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = baton()
+        .args(["agents", "--server", &url, "--scenario"])
+        .arg(&population)
+        .args(["--seed", "2027", "--prosumers", "30", "--intervals", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for l in lines {
+        assert!(l.starts_with("interval "), "{l}");
+        assert!(l.contains(" 0 refused"), "{l}");
+    }
+
     // Without --server or --write-participants there is nothing to do: refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = baton()
         .args(["agents", "--scenario"])
-        .arg(root.join("scenarios/ieee33-agents.toml"))
+        .arg(&population)
         .output()
         .unwrap();
     assert!(!out.status.success());
