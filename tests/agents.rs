@@ -157,6 +157,7 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
         assert!(r.orders > 0, "{r}");
         assert_eq!(r.refused, 0, "{r}");
         assert_eq!(r.accepted, r.orders, "{r}");
+        assert_eq!(r.skipped, 0, "{r}");
     }
     assert_eq!(first.summary.intervals[0].interval_start, T0 + INTERVAL_S);
 
