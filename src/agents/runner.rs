@@ -369,10 +369,10 @@ pub async fn run(
             )
         })
         .collect();
-    let keys: Vec<Arc<ParticipantKey>> = population
+    let keys: Vec<ParticipantKey> = population
         .agents
         .iter()
-        .map(|a| Arc::new(ParticipantKey::from_seed(&a.key().to_bytes())))
+        .map(|a| ParticipantKey::from_seed(&a.key().to_bytes()))
         .collect();
     let flex_on = config.flex_offers && population.flex.enabled;
     let mut summary = RunSummary::default();
@@ -426,7 +426,7 @@ pub async fn run(
 /// Every agent's orders for `target`, signed.
 fn sign_all(
     population: &Population,
-    keys: &[Arc<ParticipantKey>],
+    keys: &[ParticipantKey],
     plans: &[Plan],
     target: i64,
     flex_on: bool,
@@ -718,4 +718,40 @@ fn settle_interval(
         fills_ms: 0,
         skipped: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `baton demo` spawns the run on its runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn run_is_send(channel: Channel, population: &mut Population) {
+        fn send<T: Send>(_: T) {}
+        send(run(channel, population, &RunConfig::default(), |_| {}));
+    }
+
+    #[test]
+    fn nonces_name_their_interval_and_leg_and_increase() {
+        let legs = [
+            Leg::Energy(Purpose::Household),
+            Leg::Energy(Purpose::Ev),
+            Leg::Energy(Purpose::BatteryCharge),
+            Leg::Energy(Purpose::BatteryDischarge),
+            Leg::Flex(Direction::Up),
+            Leg::Flex(Direction::Down),
+        ];
+        let mut last = 0;
+        for start in [1_800_000_000, 1_800_000_300] {
+            for leg in legs {
+                let n = order_nonce(start, leg);
+                assert!(n > last, "strictly increasing in sending order");
+                last = n;
+                assert_eq!(Leg::of_nonce(n), Some(leg));
+                assert_eq!(n / NONCES_PER_INTERVAL, start as u64);
+            }
+        }
+        // Above the SDK's unix-microsecond nonces for any interval not yet begun.
+        assert!(order_nonce(1_800_000_000, legs[0]) > 1_700_000_000_000_000);
+    }
 }
