@@ -25,10 +25,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Sequence
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +40,7 @@ __all__ = [
     "NonceSequence",
     "ParticipantKey",
     "Stubs",
+    "check_decimal",
     "connect",
     "format_blocks",
     "load_stubs",
@@ -189,14 +190,14 @@ class ParticipantKey:
         self._private = private
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "ParticipantKey":
+    def from_seed(cls, seed: bytes) -> ParticipantKey:
         """A key from its 32-byte secret seed."""
         if len(seed) != 32:
             raise ClientError(f"an ed25519 seed is 32 bytes, not {len(seed)}")
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ParticipantKey":
+    def load(cls, path: str | os.PathLike[str]) -> ParticipantKey:
         """Reads a key file: 64 hex characters (surrounding whitespace ignored)."""
         path = Path(path)
         try:
@@ -215,7 +216,7 @@ class ParticipantKey:
         return cls.from_seed(seed)
 
     @classmethod
-    def generate_to(cls, path: str | os.PathLike[str]) -> "ParticipantKey":
+    def generate_to(cls, path: str | os.PathLike[str]) -> ParticipantKey:
         """Creates a fresh key at ``path`` (mode 0600; an existing file is never overwritten)
         and its public key beside it with the suffix ``.pub``."""
         path = Path(path)
@@ -279,7 +280,9 @@ def check_decimal(field: str, text: str) -> str:
     ``field``. The string itself is what goes on the wire: no float ever touches it."""
     m = _DECIMAL_RE.fullmatch(text)
     if m is None:
-        raise ClientError(f"{field}: {text!r} is not a decimal number (digits, optional '-' and '.')")
+        raise ClientError(
+            f"{field}: {text!r} is not a decimal number (digits, optional '-' and '.')"
+        )
     if m.group(1) is not None and len(m.group(1)) > DECIMAL_PLACES_MAX:
         raise ClientError(f"{field}: {text!r} has more than {DECIMAL_PLACES_MAX} decimal places")
     return text

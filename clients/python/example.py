@@ -109,7 +109,9 @@ def refuse_forgery(client: bc.MarketClient, args, interval_start: int) -> None:
     sys.exit(EXIT_REFUSED)
 
 
-def watch(client: bc.MarketClient, interval_start: int, order_ids: set[str], seconds: float) -> bool:
+def watch(
+    client: bc.MarketClient, interval_start: int, order_ids: set[str], seconds: float
+) -> bool:
     """Prints every fill of the interval until each order in ``order_ids`` has one or
     ``seconds`` pass; True if all came."""
     call = client.watch_fills(timeout_s=seconds)
@@ -142,7 +144,12 @@ def watch(client: bc.MarketClient, interval_start: int, order_ids: set[str], sec
         if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             raise
     if pending:
-        emit("no-fill", interval_start=interval_start, missing=",".join(sorted(pending)), seconds=seconds)
+        emit(
+            "no-fill",
+            interval_start=interval_start,
+            missing=",".join(sorted(pending)),
+            seconds=seconds,
+        )
         return False
     return True
 
@@ -150,7 +157,11 @@ def watch(client: bc.MarketClient, interval_start: int, order_ids: set[str], sec
 def choose_interval(client: bc.MarketClient, explicit: int | None) -> int:
     info = client.market_info()
     if info is None:
-        emit("market", info="unavailable", message="GetMarketInfo is not in these protos or this server")
+        emit(
+            "market",
+            info="unavailable",
+            message="GetMarketInfo is not in these protos or this server",
+        )
     else:
         fields = {
             name: str(getattr(info, name)).lower()
@@ -170,17 +181,25 @@ def choose_interval(client: bc.MarketClient, explicit: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--server", default="http://127.0.0.1:50051", help="http://HOST:PORT or https://HOST:PORT")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--server", default="http://127.0.0.1:50051", help="http://HOST:PORT or https://HOST:PORT"
+    )
     ap.add_argument("--participant", required=True, help="the registered participant id")
-    ap.add_argument("--key", required=True, type=Path, help="the participant's key file (64 hex characters)")
+    ap.add_argument(
+        "--key", required=True, type=Path, help="the participant's key file (64 hex characters)"
+    )
     ap.add_argument("--node", required=True, help="the participant's registered node")
     ap.add_argument(
         "--interval-start",
         type=int,
         help="the interval to trade in (unix seconds); default: GetMarketInfo's next open interval",
     )
-    ap.add_argument("--buy", default="10@0.45", help="buy blocks QTY@PRICE[,QTY@PRICE...] (kW, currency/kWh)")
+    ap.add_argument(
+        "--buy", default="10@0.45", help="buy blocks QTY@PRICE[,QTY@PRICE...] (kW, currency/kWh)"
+    )
     ap.add_argument("--sell", default="5@0.04", help="sell blocks, same form")
     ap.add_argument("--cancel", action="store_true", help="also submit a small buy and cancel it")
     ap.add_argument(
@@ -231,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.cancel:
             ack = client.submit(client.order(interval, args.node, "buy", [("1", "0.01")]))
-            emit("accepted", side="buy", order_id=ack.order_id, ledger_seq=ack.ledger_seq, blocks="1@0.01")
+            emit(
+                "accepted",
+                side="buy",
+                order_id=ack.order_id,
+                ledger_seq=ack.ledger_seq,
+                blocks="1@0.01",
+            )
             done = client.cancel(ack.order_id)
             emit("cancelled", order_id=ack.order_id, ledger_seq=done.ledger_seq)
 
