@@ -231,6 +231,8 @@ where
         .args(args)
         // Generated stubs go to the test's directory, not the user's cache.
         .env("BATON_PROTO_CACHE", cache)
+        // Leave no __pycache__ in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
