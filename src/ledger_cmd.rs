@@ -116,14 +116,29 @@ async fn all_entries(ledger: &Ledger) -> Result<Vec<baton_ledger::Entry>> {
 
 /// `baton audit reclear`.
 pub(crate) fn reclear(db: &str, only: Option<i64>) -> Result<()> {
-    let entries = runtime()?.block_on(async {
-        let ledger = Ledger::open_existing(db)
-            .await
-            .with_context(|| format!("opening ledger {db}"))?;
-        let e = all_entries(&ledger).await;
-        ledger.close().await;
-        e
-    })?;
+    let done = runtime()?.block_on(reclear_intervals(db, only))?;
+    for r in &done {
+        println!(
+            "interval {}: re-cleared {} orders; prices, fills and {} postings identical",
+            r.interval, r.orders, r.postings
+        );
+    }
+    println!("reclear: {} interval(s) reproduced exactly", done.len());
+    Ok(())
+}
+
+/// Re-clears every recorded interval (or only `only`) from its recorded input and checks the
+/// recorded result and settlement are identical; the first difference is an error.
+pub(crate) async fn reclear_intervals(
+    db: &str,
+    only: Option<i64>,
+) -> Result<Vec<record::Recleared>> {
+    let ledger = Ledger::open_existing(db)
+        .await
+        .with_context(|| format!("opening ledger {db}"))?;
+    let entries = all_entries(&ledger).await;
+    ledger.close().await;
+    let entries = entries?;
     // Latest entry of each kind per interval (a re-recorded interval would be a correction).
     let mut by_interval: std::collections::BTreeMap<i64, [Option<&[u8]>; 3]> = Default::default();
     for e in &entries {
@@ -142,23 +157,17 @@ pub(crate) fn reclear(db: &str, only: Option<i64>) -> Result<()> {
             bail!("interval {t} is not in the ledger");
         }
     }
-    let mut n = 0;
+    let mut done = Vec::with_capacity(by_interval.len());
     for (t, [input, result, settlement]) in &by_interval {
         let missing = |what| record::RecordError::Missing { interval: *t, what };
-        let r = record::reclear(
+        done.push(record::reclear(
             *t,
             input.ok_or_else(|| missing("interval_input"))?,
             result.ok_or_else(|| missing("interval_result"))?,
             settlement.ok_or_else(|| missing("settlement"))?,
-        )?;
-        println!(
-            "interval {}: re-cleared {} orders; prices, fills and {} postings identical",
-            r.interval, r.orders, r.postings
-        );
-        n += 1;
+        )?);
     }
-    println!("reclear: {n} interval(s) reproduced exactly");
-    Ok(())
+    Ok(done)
 }
 
 /// `baton audit export`.
