@@ -85,6 +85,10 @@ pub const INTERVALS_AHEAD_DEFAULT: u32 = 12;
 pub const GATE_LEAD_S_DEFAULT: i64 = 60;
 /// Default: open orders per participant.
 pub const OPEN_ORDERS_PER_PARTICIPANT_DEFAULT: usize = 256;
+/// Default: orders one interval's book may hold in the live market. Each cleared interval is
+/// recorded in the ledger, whose entries are bounded (`baton_ledger::entry::BODY_BYTES_MAX`):
+/// the result of 100,000 orders is 28.8 MB, so 250,000 stays a factor of three below.
+pub const ORDERS_PER_INTERVAL_LIVE_DEFAULT: usize = 250_000;
 /// Default: how far a signed request's timestamp may be from the server's wall clock, seconds.
 pub const REQUEST_TIMESTAMP_WINDOW_S_DEFAULT: i64 = 300;
 
@@ -103,7 +107,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             open_orders_per_participant_max: OPEN_ORDERS_PER_PARTICIPANT_DEFAULT,
-            orders_per_interval_max: baton_engine::model::ORDERS_PER_INTERVAL_MAX,
+            orders_per_interval_max: ORDERS_PER_INTERVAL_LIVE_DEFAULT,
             request_timestamp_window_s: REQUEST_TIMESTAMP_WINDOW_S_DEFAULT,
         }
     }
