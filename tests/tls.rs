@@ -51,6 +51,16 @@ async fn the_market_serves_over_tls_and_refuses_plaintext() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
+    // So does the SDK's TLS connection: public reads work over it.
+    let sdk = baton_client::connect_tls(&addr.to_string(), cert_pem.as_bytes(), Some("localhost"))
+        .await
+        .expect("the SDK connects over TLS");
+    let info = baton_client::PublicClient::new(sdk)
+        .market_info()
+        .await
+        .expect("market info over TLS");
+    assert!(info.network_loaded);
+
     // A plaintext client cannot talk to it.
     let plain = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

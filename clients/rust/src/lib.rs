@@ -158,6 +158,37 @@ pub async fn connect(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
+/// Connects over TLS (an `https://` URL, or a bare `host:port`), trusting only the PEM
+/// certificate authority `ca_pem` — a server started with `baton serve --tls-cert/--tls-key`.
+/// `domain` overrides the name checked against the server's certificate (default: the URL's
+/// host).
+pub async fn connect_tls(
+    url: &str,
+    ca_pem: &[u8],
+    domain: Option<&str>,
+) -> Result<Channel, ClientError> {
+    let https = if url.contains("://") {
+        url.replacen("http://", "https://", 1)
+    } else {
+        format!("https://{url}")
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    if let Some(d) = domain {
+        tls = tls.domain_name(d);
+    }
+    let failed = |e: tonic::transport::Error| ClientError::Connect {
+        endpoint: url.to_string(),
+        reason: error::chain(&e),
+    };
+    endpoint(&https)?
+        .tls_config(tls)
+        .map_err(failed)?
+        .connect()
+        .await
+        .map_err(failed)
+}
+
 /// A channel that connects on first use (an unreachable server is then reported by the
 /// first call, as `UNAVAILABLE`).
 pub fn connect_lazy(url: &str) -> Result<Channel, ClientError> {
