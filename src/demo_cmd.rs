@@ -92,13 +92,17 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
     if let Some(n) = a.prosumers {
         file.prosumers = n;
     }
-    let population =
-        Population::generate(&file, &network).context("generating the population")?;
+    let population = Population::generate(&file, &network).context("generating the population")?;
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(demo(a, dir, db_path, population))
 }
 
-async fn demo(a: DemoArgs, dir: PathBuf, db_path: PathBuf, mut population: Population) -> Result<()> {
+async fn demo(
+    a: DemoArgs,
+    dir: PathBuf,
+    db_path: PathBuf,
+    mut population: Population,
+) -> Result<()> {
     let t_start = Instant::now();
     let key = OperatorKey::generate_to_dir(&dir).context("generating the operator key")?;
     let public = key.public_key();
@@ -115,16 +119,27 @@ async fn demo(a: DemoArgs, dir: PathBuf, db_path: PathBuf, mut population: Popul
     let server_task = tokio::spawn(server::run(listener, config, async move {
         let _ = stop_rx.await;
     }));
-    let with_pv = population.agents.iter().filter(|x| x.pv().is_some()).count();
+    let with_pv = population
+        .agents
+        .iter()
+        .filter(|x| x.pv().is_some())
+        .count();
     let with_battery = population
         .agents
         .iter()
         .filter(|x| x.battery().is_some())
         .count();
-    let with_ev = population.agents.iter().filter(|x| x.ev().is_some()).count();
+    let with_ev = population
+        .agents
+        .iter()
+        .filter(|x| x.ev().is_some())
+        .count();
     println!("Baton demo");
     println!("  directory   {}", dir.display());
-    println!("  market      {} on gRPC at http://{addr}, ledger {db}", population.network.name);
+    println!(
+        "  market      {} on gRPC at http://{addr}, ledger {db}",
+        population.network.name
+    );
     println!(
         "  prosumers   {} (seed {}): {with_pv} with PV, {with_battery} with a battery, {with_ev} with an EV",
         population.agents.len(),
@@ -147,7 +162,9 @@ async fn demo(a: DemoArgs, dir: PathBuf, db_path: PathBuf, mut population: Popul
     }
 
     // The regulator's view: only the ledger file and the operator's public key.
-    let rep = report::read(&db).await.context("reading the ledger for the report")?;
+    let rep = report::read(&db)
+        .await
+        .context("reading the ledger for the report")?;
     println!();
     println!("{}", report::text(&rep));
     let verified = baton_ledger::audit::verify(&db, &public, None).await;
@@ -173,9 +190,9 @@ async fn demo(a: DemoArgs, dir: PathBuf, db_path: PathBuf, mut population: Popul
             r.len()
         );
     }
-    let html = report::html::html(
+    let html = report::html(
         &rep,
-        Some(&report::html::AuditStatus {
+        Some(&report::AuditStatus {
             passed,
             text: audit_text.clone(),
         }),
@@ -202,7 +219,7 @@ async fn trade(
     addr: std::net::SocketAddr,
     population: &mut Population,
 ) -> Result<()> {
-    let channel = baton_client::connect(format!("http://{addr}"))
+    let channel = baton_client::connect(&format!("http://{addr}"))
         .await
         .context("connecting to the demo market")?;
     let operator = baton_client::AdminKey::load(&dir.join(baton_ledger::key::OPERATOR_KEY_FILE))

@@ -7,4 +7,5 @@
 
 pub mod agents;
 pub mod record;
+pub mod report;
 pub mod server;

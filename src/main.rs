@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 mod admin_cmd;
 mod agents_cmd;
 mod clear_cmd;
+mod demo_cmd;
 mod ledger_cmd;
+mod report_cmd;
 mod serve_cmd;
 
 #[derive(Parser)]
@@ -67,6 +69,11 @@ enum Command {
     Admin(admin_cmd::AdminArgs),
     /// Simulated prosumers (PV, batteries, EVs) trading on a live market.
     Agents(agents_cmd::AgentsArgs),
+    /// Run the whole market on this machine: the server in-process on loopback, simulated
+    /// prosumers on the IEEE 33-bus feeder, the regulator's audit and an HTML report.
+    Demo(demo_cmd::DemoArgs),
+    /// Summarise a ledger per interval (text or JSON) and write its HTML market report.
+    Report(report_cmd::ReportArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
     ImportMatpower {
         /// The `.m` case file.
@@ -201,6 +208,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Admin(args) => admin_cmd::run(args),
         Command::Agents(args) => agents_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)
                 .with_context(|| format!("reading {}", case.display()))?;
