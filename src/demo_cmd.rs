@@ -222,7 +222,7 @@ async fn trade(
     let channel = baton_client::connect(&format!("http://{addr}"))
         .await
         .context("connecting to the demo market")?;
-    let operator = baton_client::AdminKey::load(&dir.join(baton_ledger::key::OPERATOR_KEY_FILE))
+    let operator = baton_client::AdminKey::load(dir.join(baton_ledger::key::OPERATOR_KEY_FILE))
         .context("loading the operator key")?;
     let t = Instant::now();
     let added = agents::register(channel.clone(), operator, population)

@@ -349,10 +349,14 @@ struct InputFacts {
     study_units: bool,
 }
 
+/// What an interval's result entry gives: its summary, the price per node (index into the
+/// report's nodes) and its welfare.
+type ResultParts = (IntervalSummary, Vec<(usize, Decimal)>, Decimal);
+
 /// An interval as read so far.
 #[derive(Default)]
 struct Partial {
-    result: Option<(IntervalSummary, Vec<(usize, Decimal)>, Decimal)>,
+    result: Option<ResultParts>,
     input: Option<(u64, InputFacts)>,
     settlement_flex_cost: Option<Decimal>,
     not_cleared: Option<String>,

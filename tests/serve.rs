@@ -771,6 +771,42 @@ fn signed_admin(key: &OperatorKey, nonce: u64, command: Command) -> pb::SignedAd
     }
 }
 
+/// Polls the server's status (admin nonces above `nonce_floor`) until `interval` is cleared.
+async fn wait_until_cleared(addr: &str, operator: &OperatorKey, nonce_floor: u64, interval: i64) {
+    let mut admin = AdminServiceClient::new(connect(addr).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
+    let mut nonce = nonce_floor;
+    loop {
+        nonce += 1;
+        let s = admin
+            .status(signed_admin(
+                operator,
+                nonce,
+                Command::Status(pb::Status {}),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.last_cleared_interval >= interval {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval {interval} not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM (a graceful stop), then waits for the child.
+fn terminate(c: &mut Child) {
+    let pid = c.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    c.child.wait().unwrap();
+}
+
 /// SIGKILL during intake loses no acknowledged order and clears no interval twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval_once() {
@@ -827,36 +863,9 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
 
     // Restart on the same ledger; wait until every acknowledged interval is cleared.
     let mut c = spawn_serve(dir.path());
-    let mut admin = AdminServiceClient::new(connect(&c.addr).await);
     let last = acked.iter().map(|a| a.interval_start).max().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
-    let mut admin_nonce = 1;
-    loop {
-        admin_nonce += 1;
-        let s = admin
-            .status(signed_admin(
-                &operator,
-                admin_nonce,
-                Command::Status(pb::Status {}),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        if s.last_cleared_interval >= last {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "interval {last} not cleared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // SIGTERM: a graceful stop.
-    let pid = c.child.id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    c.child.wait().unwrap();
+    wait_until_cleared(&c.addr, &operator, 1, last).await;
+    terminate(&mut c);
 
     let url = format!("sqlite://{}", dir.path().join("baton.db").display());
     let ledger = Ledger::open_existing(&url).await.unwrap();
@@ -981,34 +990,8 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
 
     // Restart: the interval whose gate closed while down is cleared (or was, before the kill).
     let mut c = spawn_serve_with(dir.path(), "10", None);
-    let mut admin = AdminServiceClient::new(connect(&c.addr).await);
-    let deadline = std::time::Instant::now() + Duration::from_secs(RESULT_WAIT_S);
-    let mut admin_nonce = 2;
-    loop {
-        admin_nonce += 1;
-        let s = admin
-            .status(signed_admin(
-                &operator,
-                admin_nonce,
-                Command::Status(pb::Status {}),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        if s.last_cleared_interval >= target {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "interval {target} not cleared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = c.child.id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    c.child.wait().unwrap();
+    wait_until_cleared(&c.addr, &operator, 2, target).await;
+    terminate(&mut c);
 
     let ledger = Ledger::open_existing(&url).await.unwrap();
     let entries = all_entries(&ledger).await;
