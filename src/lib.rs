@@ -6,4 +6,5 @@
 //! the live market), so one re-clear checks both.
 
 pub mod record;
+pub mod report;
 pub mod server;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod clear_cmd;
 mod ledger_cmd;
+mod report_cmd;
 mod serve_cmd;
 
 #[derive(Parser)]
@@ -61,6 +62,8 @@ enum Command {
     },
     /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
     Serve(serve_cmd::ServeArgs),
+    /// Summarise a ledger per interval (text or JSON) and write its HTML market report.
+    Report(report_cmd::ReportArgs),
     /// Convert a MATPOWER case file into a study market (nodal-auction-market/v1).
     ImportMatpower {
         /// The `.m` case file.
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             } => ledger_cmd::check_proof(&proof, &operator_pubkey),
         },
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::ImportMatpower { case, out } => {
             let text = std::fs::read_to_string(&case)
                 .with_context(|| format!("reading {}", case.display()))?;

@@ -1,0 +1,1094 @@
+//! What a ledger says happened, interval by interval: [`IntervalSummary`] per recorded interval,
+//! a text table ([`text`]) and one self-contained HTML market report ([`html`]).
+//!
+//! Works on any Baton ledger: intervals recorded by `baton clear --ledger` and by the live
+//! market's scheduler are the same three entries ([`crate::record`]): `interval_input`,
+//! `interval_result` (`nodal-auction-result/v1`) and `settlement`. The live market also writes
+//! a `market_event` `{"event": "interval_not_cleared", "reason": …}` for an interval whose book
+//! the engine refused; such intervals are reported as not cleared, with the `order` entries
+//! minus the `cancel` entries recorded for them as their order count.
+//!
+//! Every figure is a `rust_decimal::Decimal` taken from the recorded text exactly; the only
+//! rounding is the conversion of average power (kW over the interval) into energy, done once
+//! per figure at [`ENERGY_SCALE`] by the engine's rounding rule ([`round_at`]).
+//!
+//! Units follow the market: quantities are average power in kW and prices currency per kWh in
+//! native scenarios and the live market; a study-format market (MW, $/MWh) is reported in MW
+//! and MWh instead ([`Report::units`]). The `_kw`/`_kwh` field names mean "the market's power and
+//! energy unit".
+//!
+//! **Architecture Invariant:** reports are a pure function of the ledger's entries: no clock, no
+//! hash-map iteration order, no floating point. The same ledger gives the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+
+use baton_engine::study::RESULT_FORMAT;
+use baton_engine::units::{round_at, MONEY_SCALE};
+use baton_ledger::{
+    Checkpoint, Entry, EntryKind, Ledger, LedgerError, SettlementBody, ENTRIES_PER_READ_MAX,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::record::{IntervalInput, INTERVAL_INPUT_FORMAT};
+
+mod html;
+
+pub use html::{
+    html, AuditStatus, CHART_INTERVALS_MAX, CONGESTED_LINES_LISTED_MAX, CONGESTED_TIMES_LISTED_MAX,
+    HEATMAP_CELLS_MAX, HEATMAP_NODES_MAX,
+};
+
+/// Decimal places of every energy figure (kWh): the quantity scale, since energy is a quantity
+/// times `minutes / 60`, which is not exact in decimals for most interval lengths.
+pub const ENERGY_SCALE: u32 = 6;
+/// Widest line of the text summary, in characters.
+pub const TEXT_WIDTH_MAX: usize = 100;
+/// Most nodes named with an interval's lowest or highest price (the count is always given).
+pub const PRICE_NODES_LISTED_MAX: usize = 8;
+/// Largest magnitude accepted for any recorded number. The engine's own limits are far below
+/// (quantities 1e8, prices 1e7); this bound keeps every sum over a ledger of any realistic
+/// length inside `Decimal`'s range.
+pub const RECORDED_NUMBER_ABS_MAX: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0);
+/// Longest interval accepted in a recorded result, in minutes (one day, the engine's limit).
+pub const INTERVAL_MINUTES_MAX: u32 = baton_engine::model::INTERVAL_MINUTES_MAX;
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The ledger could not be read.
+    #[error("reading the ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// An interval entry does not parse.
+    #[error("seq {seq} ({kind}): {reason}")]
+    Entry {
+        /// The entry.
+        seq: u64,
+        /// Its kind.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A sum left `Decimal`'s range.
+    #[error("the {what} summed over the ledger overflows")]
+    Overflow {
+        /// Which total.
+        what: &'static str,
+    },
+}
+
+/// Whether an interval was cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum IntervalStatus {
+    /// Cleared and settled: the figures are the recorded result's.
+    Cleared,
+    /// Recorded as not cleared; every figure but the order count is zero.
+    NotCleared {
+        /// The recorded reason.
+        reason: String,
+    },
+}
+
+/// An interval's lowest or highest nodal price and where it occurs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PriceAt {
+    /// The price, as recorded.
+    pub price: Decimal,
+    /// The first [`PRICE_NODES_LISTED_MAX`] nodes at exactly this price, in result order.
+    pub nodes: Vec<String>,
+    /// How many nodes have this price.
+    pub node_count: usize,
+}
+
+/// Flexibility procured for one requirement in one interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlexProcured {
+    /// Requirement id.
+    pub requirement: String,
+    /// Its clearing price: currency per kW per hour of availability (the provider is paid
+    /// price × kW × minutes / 60).
+    pub price: Decimal,
+    /// Power procured, kW.
+    pub procured_kw: Decimal,
+}
+
+/// One recorded interval, computed exactly from its ledger entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IntervalSummary {
+    /// Interval start, unix seconds.
+    pub interval_start: i64,
+    /// Interval length, minutes.
+    pub interval_minutes: u32,
+    /// Market name.
+    pub market: String,
+    /// Cleared or not.
+    pub status: IntervalStatus,
+    /// Participants' orders in the book (grid connections are not orders).
+    pub orders: usize,
+    /// Peer-to-peer power: the settlement's P2P attribution summed over every pair whose buyer
+    /// and seller are both participants' orders (same node or across the network; a
+    /// participant's own buy and sell matched together count too). Energy bought from or sold
+    /// to a grid connection is not P2P. Average kW over the interval.
+    pub p2p_kw: Decimal,
+    /// Power attributed from a grid connection's import order to any buyer, kW.
+    pub grid_import_kw: Decimal,
+    /// Power attributed from any seller to a grid connection's export order, kW.
+    pub grid_export_kw: Decimal,
+    /// [`IntervalSummary::p2p_kw`] × minutes / 60, kWh, at [`ENERGY_SCALE`].
+    pub p2p_volume_kwh: Decimal,
+    /// [`IntervalSummary::grid_import_kw`] × minutes / 60, kWh, at [`ENERGY_SCALE`].
+    pub grid_import_kwh: Decimal,
+    /// [`IntervalSummary::grid_export_kw`] × minutes / 60, kWh, at [`ENERGY_SCALE`].
+    pub grid_export_kwh: Decimal,
+    /// Lowest nodal price, `None` when not cleared or no nodes.
+    pub price_min: Option<PriceAt>,
+    /// Highest nodal price.
+    pub price_max: Option<PriceAt>,
+    /// Lines at their limit, in result order.
+    pub congested_lines: Vec<String>,
+    /// Flexibility per requirement, in result order.
+    pub flex: Vec<FlexProcured>,
+    /// Flexibility procured over all requirements, kW.
+    pub flex_procured_kw: Decimal,
+    /// Money paid to flexibility providers (the settlement's `flex … for …` postings).
+    pub flex_cost: Decimal,
+    /// Welfare as the clearing states it (currency per hour).
+    pub welfare: Decimal,
+}
+
+/// Sums and extremes over every interval of the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Intervals recorded.
+    pub intervals: usize,
+    /// Of which not cleared.
+    pub not_cleared: usize,
+    /// Orders over all intervals.
+    pub orders: usize,
+    /// P2P energy: Σ kW × minutes / 60 over intervals, rounded once at [`ENERGY_SCALE`].
+    pub p2p_volume_kwh: Decimal,
+    /// Grid import energy, likewise.
+    pub grid_import_kwh: Decimal,
+    /// Grid export energy, likewise.
+    pub grid_export_kwh: Decimal,
+    /// Lowest nodal price in any interval.
+    pub price_min: Option<Decimal>,
+    /// Highest nodal price in any interval.
+    pub price_max: Option<Decimal>,
+    /// Every line congested in some interval, in order of first congestion.
+    pub congested_lines: Vec<CongestedLine>,
+    /// Most flexibility procured in one interval, kW.
+    pub flex_procured_kw_peak: Decimal,
+    /// Money paid for flexibility over all intervals.
+    pub flex_cost: Decimal,
+}
+
+/// A line and the intervals in which it was congested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CongestedLine {
+    /// Line id.
+    pub line: String,
+    /// Interval starts, ascending.
+    pub intervals: Vec<i64>,
+}
+
+/// Unit labels of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Units {
+    /// `kW` or `MW`.
+    pub power: &'static str,
+    /// `kWh` or `MWh`.
+    pub energy: &'static str,
+}
+
+/// Facts about the market and the ledger the report was made from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Facts {
+    /// Market names, in order of first appearance.
+    pub markets: Vec<String>,
+    /// Interval lengths seen, minutes, ascending.
+    pub interval_minutes: Vec<u32>,
+    /// Nodes in the latest recorded input.
+    pub nodes: usize,
+    /// Lines in the latest recorded input.
+    pub lines: usize,
+    /// Grid connections in the latest recorded input.
+    pub grid_connections: usize,
+    /// Distinct accounts with orders in any recorded input.
+    pub participants: usize,
+    /// Entries in the ledger.
+    pub ledger_entries: u64,
+    /// Size of the latest signed checkpoint.
+    pub checkpoint_size: Option<u64>,
+    /// Its Merkle root, lowercase hex.
+    pub checkpoint_root: Option<String>,
+    /// Its origin line.
+    pub checkpoint_origin: Option<String>,
+}
+
+/// Nodal prices for the heat map: nodes (first seen, in result order) × intervals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PriceGrid {
+    /// Node ids, at most [`HEATMAP_NODES_MAX`].
+    pub nodes: Vec<String>,
+    /// Distinct nodes over all intervals (rows beyond the limit are left out).
+    pub nodes_total: usize,
+    /// Per interval (as in [`Report::intervals`]), per node: the price, if it had one.
+    pub prices: Vec<Vec<Option<Decimal>>>,
+}
+
+/// A whole report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Market and ledger facts.
+    pub facts: Facts,
+    /// Unit labels.
+    pub units: Units,
+    /// Every recorded interval, ascending by start.
+    pub intervals: Vec<IntervalSummary>,
+    /// Sums over them.
+    pub totals: Totals,
+    /// Nodal prices for the heat map.
+    #[serde(skip)]
+    pub prices: PriceGrid,
+}
+
+/// A decimal read exactly from its JSON text (a number or a decimal string).
+struct Num(Decimal);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get().trim_matches('"');
+        let v = text
+            .parse::<Decimal>()
+            .or_else(|_| Decimal::from_scientific(text))
+            .map_err(|_| D::Error::custom(format!("{text:?} is not a decimal number")))?;
+        if v.abs() > RECORDED_NUMBER_ABS_MAX {
+            return Err(D::Error::custom(format!(
+                "{text} exceeds {RECORDED_NUMBER_ABS_MAX} in magnitude"
+            )));
+        }
+        Ok(Num(v))
+    }
+}
+
+#[derive(Deserialize)]
+struct ResultIn {
+    format: String,
+    market: String,
+    welfare: Num,
+    nodes: Vec<NodeIn>,
+    orders: Vec<IdIn>,
+    lines: Vec<LineIn>,
+    #[serde(default)]
+    flex_requirements: Vec<FlexIn>,
+    settlement: SettlementIn,
+}
+
+#[derive(Deserialize)]
+struct NodeIn {
+    id: String,
+    lmp: Num,
+}
+
+#[derive(Deserialize)]
+struct IdIn {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct LineIn {
+    id: String,
+    congested: bool,
+}
+
+#[derive(Deserialize)]
+struct FlexIn {
+    id: String,
+    price: Num,
+    procured: Num,
+}
+
+#[derive(Deserialize)]
+struct SettlementIn {
+    interval_minutes: u32,
+    postings: Vec<PostingIn>,
+    attributions: Vec<AttributionIn>,
+}
+
+#[derive(Deserialize)]
+struct PostingIn {
+    amount: Num,
+    memo: String,
+}
+
+#[derive(Deserialize)]
+struct AttributionIn {
+    buyer: String,
+    seller: String,
+    quantity: Num,
+}
+
+#[derive(Deserialize)]
+struct MarketEventIn {
+    event: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// What one interval's input says, kept for the facts.
+struct InputFacts {
+    nodes: usize,
+    lines: usize,
+    grid_connections: usize,
+    study_units: bool,
+}
+
+/// What an interval's result entry gave.
+struct ResultRead {
+    summary: IntervalSummary,
+    /// (index into the heat-map nodes, price).
+    prices: Vec<(usize, Decimal)>,
+    /// The flexibility cost from the result's own postings (used without a settlement entry).
+    flex_cost: Decimal,
+}
+
+/// An interval as read so far.
+#[derive(Default)]
+struct Partial {
+    result: Option<ResultRead>,
+    input: Option<(u64, InputFacts)>,
+    settlement_flex_cost: Option<Decimal>,
+    not_cleared: Option<String>,
+    orders_recorded: usize,
+    cancels_recorded: usize,
+}
+
+/// Builds a [`Report`] from entries given in sequence order (see [`read`]).
+#[derive(Default)]
+pub struct ReportBuilder {
+    intervals: BTreeMap<i64, Partial>,
+    markets: Vec<String>,
+    participants: BTreeSet<String>,
+    node_index: BTreeMap<String, usize>,
+    node_ids: Vec<String>,
+    entries: u64,
+}
+
+fn entry_error(e: &Entry, reason: impl std::fmt::Display) -> ReportError {
+    ReportError::Entry {
+        seq: e.seq,
+        kind: e.kind.as_str(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The money of the `flex … for …` posting pairs: each allocation is posted as the provider's
+/// receipt followed by the payer's equal and opposite payment under the same memo; the cost is
+/// the sum of the receipts.
+fn flex_cost<'a>(postings: impl Iterator<Item = (&'a str, Decimal)>) -> Decimal {
+    let postings: Vec<(&str, Decimal)> = postings.collect();
+    let mut cost = Decimal::ZERO;
+    let mut i = 0;
+    while i + 1 < postings.len() {
+        let ((m1, a1), (m2, a2)) = (postings[i], postings[i + 1]);
+        if m1.starts_with("flex ") && m1 == m2 && a1 + a2 == Decimal::ZERO {
+            cost += a1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    cost
+}
+
+fn energy(kw_minutes: Decimal) -> Decimal {
+    round_at(kw_minutes / Decimal::from(60), ENERGY_SCALE)
+}
+
+/// The extreme price among `nodes` and where it occurs.
+fn extreme(nodes: &[NodeIn], pick: fn(Decimal, Decimal) -> bool) -> Option<PriceAt> {
+    let mut best = nodes.first()?.lmp.0;
+    for n in nodes {
+        if pick(n.lmp.0, best) {
+            best = n.lmp.0;
+        }
+    }
+    let at: Vec<&NodeIn> = nodes.iter().filter(|n| n.lmp.0 == best).collect();
+    Some(PriceAt {
+        price: best,
+        nodes: at
+            .iter()
+            .take(PRICE_NODES_LISTED_MAX)
+            .map(|n| n.id.clone())
+            .collect(),
+        node_count: at.len(),
+    })
+}
+
+impl ReportBuilder {
+    /// An empty report.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one entry into account. Entries of kinds a report does not use are skipped.
+    pub fn add(&mut self, e: &Entry) -> Result<(), ReportError> {
+        self.entries = self.entries.max(e.seq);
+        let Some(t) = e.interval_start else {
+            return Ok(());
+        };
+        match e.kind {
+            EntryKind::IntervalInput => self.add_input(e, t)?,
+            EntryKind::IntervalResult => self.add_result(e, t)?,
+            EntryKind::Settlement => {
+                let body = SettlementBody::from_bytes(&e.body).map_err(|r| entry_error(e, r))?;
+                let cost = flex_cost(
+                    body.postings
+                        .iter()
+                        .map(|p| (p.memo.as_deref().unwrap_or_default(), p.amount.as_decimal())),
+                );
+                self.intervals.entry(t).or_default().settlement_flex_cost = Some(cost);
+            }
+            EntryKind::MarketEvent => {
+                // Other events (pause, resume) are market-wide and not about an interval.
+                if let Ok(ev) = serde_json::from_slice::<MarketEventIn>(&e.body) {
+                    if ev.event == "interval_not_cleared" {
+                        self.intervals.entry(t).or_default().not_cleared =
+                            Some(ev.reason.unwrap_or_else(|| "no reason recorded".into()));
+                    }
+                }
+            }
+            EntryKind::Order => self.intervals.entry(t).or_default().orders_recorded += 1,
+            EntryKind::Cancel => self.intervals.entry(t).or_default().cancels_recorded += 1,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add_input(&mut self, e: &Entry, t: i64) -> Result<(), ReportError> {
+        let input: IntervalInput =
+            serde_json::from_slice(&e.body).map_err(|r| entry_error(e, r))?;
+        if input.format != INTERVAL_INPUT_FORMAT {
+            return Err(entry_error(e, format!("format {:?}", input.format)));
+        }
+        let m = &input.market;
+        for o in &m.orders {
+            self.participants
+                .insert(o.participant.clone().unwrap_or_else(|| o.id.clone()));
+        }
+        let facts = InputFacts {
+            nodes: m.nodes.len(),
+            lines: m.lines.len(),
+            grid_connections: m.grid_connections.len(),
+            study_units: input.rounding,
+        };
+        self.intervals.entry(t).or_default().input = Some((e.seq, facts));
+        Ok(())
+    }
+
+    fn add_result(&mut self, e: &Entry, t: i64) -> Result<(), ReportError> {
+        let r: ResultIn = serde_json::from_slice(&e.body).map_err(|r| entry_error(e, r))?;
+        if r.format != RESULT_FORMAT {
+            return Err(entry_error(e, format!("format {:?}", r.format)));
+        }
+        let minutes = r.settlement.interval_minutes;
+        if minutes == 0 || minutes > INTERVAL_MINUTES_MAX {
+            return Err(entry_error(
+                e,
+                format!("interval_minutes {minutes} outside 1..={INTERVAL_MINUTES_MAX}"),
+            ));
+        }
+        // Attributions name accepted orders: participants' (the result's `orders`) and grid
+        // connections' (`<id>/import`, `<id>/export`, never a participant's id).
+        let participant: HashSet<&str> = r.orders.iter().map(|o| o.id.as_str()).collect();
+        let (mut p2p, mut import, mut export) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        for a in &r.settlement.attributions {
+            let (b, s) = (
+                participant.contains(a.buyer.as_str()),
+                participant.contains(a.seller.as_str()),
+            );
+            if b && s {
+                p2p += a.quantity.0;
+            }
+            if !s {
+                import += a.quantity.0;
+            }
+            if !b {
+                export += a.quantity.0;
+            }
+        }
+        let m = Decimal::from(minutes);
+        let flex: Vec<FlexProcured> = r
+            .flex_requirements
+            .iter()
+            .map(|f| FlexProcured {
+                requirement: f.id.clone(),
+                price: f.price.0,
+                procured_kw: f.procured.0,
+            })
+            .collect();
+        let summary = IntervalSummary {
+            interval_start: t,
+            interval_minutes: minutes,
+            market: r.market.clone(),
+            status: IntervalStatus::Cleared,
+            orders: r.orders.len(),
+            p2p_kw: p2p,
+            grid_import_kw: import,
+            grid_export_kw: export,
+            p2p_volume_kwh: energy(p2p * m),
+            grid_import_kwh: energy(import * m),
+            grid_export_kwh: energy(export * m),
+            price_min: extreme(&r.nodes, |a, b| a < b),
+            price_max: extreme(&r.nodes, |a, b| a > b),
+            congested_lines: r
+                .lines
+                .iter()
+                .filter(|l| l.congested)
+                .map(|l| l.id.clone())
+                .collect(),
+            flex_procured_kw: flex.iter().map(|f| f.procured_kw).sum(),
+            flex,
+            flex_cost: Decimal::ZERO,
+            welfare: r.welfare.0,
+        };
+        let mut prices = Vec::new();
+        for n in &r.nodes {
+            let i = match self.node_index.get(&n.id) {
+                Some(&i) => i,
+                None => {
+                    let i = self.node_ids.len();
+                    self.node_index.insert(n.id.clone(), i);
+                    self.node_ids.push(n.id.clone());
+                    i
+                }
+            };
+            if i < HEATMAP_NODES_MAX {
+                prices.push((i, n.lmp.0));
+            }
+        }
+        if !self.markets.contains(&r.market) {
+            self.markets.push(r.market);
+        }
+        let from_result = flex_cost(
+            r.settlement
+                .postings
+                .iter()
+                .map(|p| (p.memo.as_str(), p.amount.0)),
+        );
+        self.intervals.entry(t).or_default().result = Some(ResultRead {
+            summary,
+            prices,
+            flex_cost: from_result,
+        });
+        Ok(())
+    }
+
+    /// The report; `checkpoint` is the ledger's latest, for the facts.
+    pub fn finish(self, checkpoint: Option<&Checkpoint>) -> Result<Report, ReportError> {
+        let heat_nodes = self.node_ids.len().min(HEATMAP_NODES_MAX);
+        let mut intervals = Vec::new();
+        let mut grid = PriceGrid {
+            nodes: self.node_ids[..heat_nodes].to_vec(),
+            nodes_total: self.node_ids.len(),
+            prices: Vec::new(),
+        };
+        let mut latest_input: Option<(u64, InputFacts)> = None;
+        let (mut minutes_seen, mut study, mut scenario) = (BTreeSet::new(), false, false);
+        for (t, p) in self.intervals {
+            if let Some((seq, f)) = p.input {
+                study |= f.study_units;
+                scenario |= !f.study_units;
+                if latest_input.as_ref().is_none_or(|(s, _)| seq > *s) {
+                    latest_input = Some((seq, f));
+                }
+            }
+            let mut row = vec![None; heat_nodes];
+            let summary = match (p.result, p.not_cleared) {
+                (
+                    Some(ResultRead {
+                        summary: mut s,
+                        prices,
+                        flex_cost: from_result,
+                    }),
+                    _,
+                ) => {
+                    // Postings are at the money scale; padding shows `0.00`, never `0`.
+                    s.flex_cost =
+                        round_at(p.settlement_flex_cost.unwrap_or(from_result), MONEY_SCALE);
+                    for (i, price) in prices {
+                        row[i] = Some(price);
+                    }
+                    s
+                }
+                (None, Some(reason)) => not_cleared(
+                    t,
+                    reason,
+                    p.orders_recorded.saturating_sub(p.cancels_recorded),
+                ),
+                (None, None) => continue,
+            };
+            minutes_seen.insert(summary.interval_minutes);
+            intervals.push(summary);
+            grid.prices.push(row);
+        }
+        // Intervals with an input but neither result nor not-cleared event are incomplete
+        // recordings; `baton audit reclear` names them. They are left out here.
+        let totals = totals(&intervals)?;
+        let (nodes, lines, grid_connections) = latest_input
+            .map(|(_, f)| (f.nodes, f.lines, f.grid_connections))
+            .unwrap_or((grid.nodes_total, 0, 0));
+        let facts = Facts {
+            markets: self.markets,
+            interval_minutes: minutes_seen.into_iter().filter(|m| *m > 0).collect(),
+            nodes,
+            lines,
+            grid_connections,
+            participants: self.participants.len(),
+            ledger_entries: self.entries,
+            checkpoint_size: checkpoint.map(|c| c.size),
+            checkpoint_root: checkpoint.map(|c| hex::encode(c.root)),
+            checkpoint_origin: checkpoint.map(|c| c.origin.clone()),
+        };
+        let units = if study && !scenario {
+            Units {
+                power: "MW",
+                energy: "MWh",
+            }
+        } else {
+            Units {
+                power: "kW",
+                energy: "kWh",
+            }
+        };
+        Ok(Report {
+            facts,
+            units,
+            intervals,
+            totals,
+            prices: grid,
+        })
+    }
+}
+
+fn not_cleared(t: i64, reason: String, orders: usize) -> IntervalSummary {
+    IntervalSummary {
+        interval_start: t,
+        interval_minutes: 0,
+        market: String::new(),
+        status: IntervalStatus::NotCleared { reason },
+        orders,
+        p2p_kw: Decimal::ZERO,
+        grid_import_kw: Decimal::ZERO,
+        grid_export_kw: Decimal::ZERO,
+        p2p_volume_kwh: Decimal::ZERO,
+        grid_import_kwh: Decimal::ZERO,
+        grid_export_kwh: Decimal::ZERO,
+        price_min: None,
+        price_max: None,
+        congested_lines: Vec::new(),
+        flex: Vec::new(),
+        flex_procured_kw: Decimal::ZERO,
+        flex_cost: round_at(Decimal::ZERO, MONEY_SCALE),
+        welfare: Decimal::ZERO,
+    }
+}
+
+fn totals(intervals: &[IntervalSummary]) -> Result<Totals, ReportError> {
+    let add = |a: Decimal, b: Decimal, what| a.checked_add(b).ok_or(ReportError::Overflow { what });
+    let kw_min = |kw: Decimal, s: &IntervalSummary, what| {
+        kw.checked_mul(Decimal::from(s.interval_minutes))
+            .ok_or(ReportError::Overflow { what })
+    };
+    let mut t = Totals {
+        intervals: intervals.len(),
+        ..Totals::default()
+    };
+    let (mut p2p, mut import, mut export) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    let mut lines: Vec<CongestedLine> = Vec::new();
+    let mut line_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in intervals {
+        if matches!(s.status, IntervalStatus::NotCleared { .. }) {
+            t.not_cleared += 1;
+        }
+        t.orders += s.orders;
+        p2p = add(p2p, kw_min(s.p2p_kw, s, "P2P energy")?, "P2P energy")?;
+        import = add(import, kw_min(s.grid_import_kw, s, "import")?, "import")?;
+        export = add(export, kw_min(s.grid_export_kw, s, "export")?, "export")?;
+        if let Some(p) = &s.price_min {
+            t.price_min = Some(t.price_min.map_or(p.price, |m| m.min(p.price)));
+        }
+        if let Some(p) = &s.price_max {
+            t.price_max = Some(t.price_max.map_or(p.price, |m| m.max(p.price)));
+        }
+        for l in &s.congested_lines {
+            let i = *line_index.entry(l.as_str()).or_insert_with(|| {
+                lines.push(CongestedLine {
+                    line: l.clone(),
+                    intervals: Vec::new(),
+                });
+                lines.len() - 1
+            });
+            lines[i].intervals.push(s.interval_start);
+        }
+        t.flex_cost = add(t.flex_cost, s.flex_cost, "flexibility cost")?;
+    }
+    t.p2p_volume_kwh = energy(p2p);
+    t.grid_import_kwh = energy(import);
+    t.grid_export_kwh = energy(export);
+    t.congested_lines = lines;
+    t.flex_procured_kw_peak = intervals
+        .iter()
+        .map(|s| s.flex_procured_kw)
+        .max()
+        .unwrap_or_default();
+    t.flex_cost = round_at(t.flex_cost, MONEY_SCALE);
+    Ok(t)
+}
+
+/// Reads the ledger at `db_url` (`sqlite://PATH` or `postgres://…`) page by page and builds its
+/// report. Memory is one page of entries plus the summaries.
+pub async fn read(db_url: &str) -> Result<Report, ReportError> {
+    let ledger = Ledger::open_existing(db_url).await?;
+    let r = read_from(&ledger).await;
+    ledger.close().await;
+    r
+}
+
+async fn read_from(ledger: &Ledger) -> Result<Report, ReportError> {
+    let mut b = ReportBuilder::new();
+    let mut from = 1u64;
+    loop {
+        let page = ledger
+            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
+            .await?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for e in &page {
+            b.add(e)?;
+        }
+    }
+    let checkpoint = ledger.latest_checkpoint().await?;
+    b.finish(checkpoint.as_ref())
+}
+
+/// Date and time of a unix timestamp, UTC: (year, month, day, hour, minute).
+pub(crate) fn utc(ts: i64) -> (i64, i64, i64, i64, i64) {
+    // Days to civil date: Howard Hinnant's `civil_from_days`, exact for every i64 day count
+    // a timestamp can give.
+    let days = ts.div_euclid(86_400);
+    let secs = ts.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs / 3_600, secs % 3_600 / 60)
+}
+
+/// `YYYY-MM-DD`.
+pub(crate) fn date(ts: i64) -> String {
+    let (y, m, d, _, _) = utc(ts);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `HH:MM`.
+pub(crate) fn hhmm(ts: i64) -> String {
+    let (_, _, _, h, mi) = utc(ts);
+    format!("{h:02}:{mi:02}")
+}
+
+/// A price as people write it: the recorded value without trailing zeros, but at least two
+/// decimal places (`0.300000` → `0.30`, `0.123456` → `0.123456`).
+pub(crate) fn show_price(p: Decimal) -> String {
+    let mut n = p.normalize();
+    if n.scale() < 2 {
+        n.rescale(2);
+    }
+    n.to_string()
+}
+
+/// A quantity for display, rounded by the engine's rule to `dp` places.
+pub(crate) fn show_fixed(d: Decimal, dp: u32) -> String {
+    round_at(d, dp).to_string()
+}
+
+/// `min..max`, or the one price when they are equal.
+pub(crate) fn price_range(min: Option<Decimal>, max: Option<Decimal>) -> String {
+    match (min, max) {
+        (Some(a), Some(b)) if a == b => show_price(a),
+        (Some(a), Some(b)) => format!("{}..{}", show_price(a), show_price(b)),
+        _ => "-".into(),
+    }
+}
+
+/// Text safe for a terminal: control characters become U+FFFD (ids from an untrusted ledger
+/// could otherwise move the cursor or recolour the screen).
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// `s` cut to `width` characters, ending in `…` when cut.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `count first, second, …` for a list of ids.
+fn count_and_ids(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    format!("{} {}", ids.len(), clean(&ids.join(", ")))
+}
+
+/// Decimal places of energy and power in the text table (the JSON and HTML carry them all).
+const TEXT_QUANTITY_DP: u32 = 3;
+/// Narrowest the congested-lines column gets before the table may exceed its width.
+const TEXT_CONGESTED_WIDTH_MIN: usize = 9;
+
+/// The text summary: a header, one aligned row per interval (start time UTC, orders, P2P and
+/// grid energy, price range, congested lines as a count and the first ids, flexibility
+/// procured) and a totals line, every line at most [`TEXT_WIDTH_MAX`] characters.
+pub fn text(report: &Report) -> String {
+    let u = report.units;
+    let one_day = report
+        .intervals
+        .first()
+        .zip(report.intervals.last())
+        .is_none_or(|(a, b)| date(a.interval_start) == date(b.interval_start));
+    let time = |t: i64| {
+        if one_day {
+            hhmm(t)
+        } else {
+            format!("{} {}", &date(t)[5..], hhmm(t))
+        }
+    };
+    let header: [String; 8] = [
+        "time".into(),
+        "orders".into(),
+        format!("P2P {}", u.energy),
+        format!("import {}", u.energy),
+        format!("export {}", u.energy),
+        "price min..max".into(),
+        "congested lines".into(),
+        format!("flex {}", u.power),
+    ];
+    let q = |d: Decimal| show_fixed(d, TEXT_QUANTITY_DP);
+    // A row is either the eight cells, or time, orders and a note spanning the rest.
+    let mut rows: Vec<Result<[String; 8], (String, String, String)>> = Vec::new();
+    for s in &report.intervals {
+        match &s.status {
+            IntervalStatus::Cleared => rows.push(Ok([
+                time(s.interval_start),
+                s.orders.to_string(),
+                q(s.p2p_volume_kwh),
+                q(s.grid_import_kwh),
+                q(s.grid_export_kwh),
+                price_range(
+                    s.price_min.as_ref().map(|p| p.price),
+                    s.price_max.as_ref().map(|p| p.price),
+                ),
+                count_and_ids(&s.congested_lines),
+                q(s.flex_procured_kw),
+            ])),
+            IntervalStatus::NotCleared { reason } => rows.push(Err((
+                time(s.interval_start),
+                s.orders.to_string(),
+                format!("not cleared: {}", clean(reason)),
+            ))),
+        }
+    }
+    let t = &report.totals;
+    let lines: Vec<String> = t.congested_lines.iter().map(|l| l.line.clone()).collect();
+    rows.push(Ok([
+        "total".into(),
+        t.orders.to_string(),
+        q(t.p2p_volume_kwh),
+        q(t.grid_import_kwh),
+        q(t.grid_export_kwh),
+        price_range(t.price_min, t.price_max),
+        count_and_ids(&lines),
+        q(t.flex_procured_kw_peak),
+    ]));
+    let mut w = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        match r {
+            Ok(cells) => {
+                for (i, c) in cells.iter().enumerate() {
+                    w[i] = w[i].max(c.chars().count());
+                }
+            }
+            Err((a, b, _)) => {
+                w[0] = w[0].max(a.chars().count());
+                w[1] = w[1].max(b.chars().count());
+            }
+        }
+    }
+    const GAP: usize = 2;
+    let others: usize = w
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 6)
+        .map(|(_, x)| x)
+        .sum();
+    let budget = TEXT_WIDTH_MAX.saturating_sub(others + GAP * 7);
+    w[6] = w[6].min(budget.max(TEXT_CONGESTED_WIDTH_MIN));
+    let right = [false, true, true, true, true, false, false, true];
+    let render = |cells: &[String; 8]| {
+        let mut line = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                line.push_str(&" ".repeat(GAP));
+            }
+            let c = fit(c, w[i]);
+            let pad = " ".repeat(w[i] - c.chars().count());
+            if right[i] {
+                line.push_str(&pad);
+                line.push_str(&c);
+            } else {
+                line.push_str(&c);
+                if i + 1 < cells.len() {
+                    line.push_str(&pad);
+                }
+            }
+        }
+        line.trim_end().to_string()
+    };
+    let mut out = String::new();
+    let markets = if report.facts.markets.is_empty() {
+        "-".to_string()
+    } else {
+        report.facts.markets.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "{}",
+        fit(&clean(&format!("market: {markets}")), TEXT_WIDTH_MAX)
+    );
+    let _ = writeln!(out, "{}", fit(&title_line(report), TEXT_WIDTH_MAX));
+    let _ = writeln!(out, "{}", render(&header));
+    for r in &rows {
+        let line = match r {
+            Ok(cells) => render(cells),
+            Err((a, b, note)) => {
+                let lead = format!("{a:<w0$}  {b:>w1$}  ", w0 = w[0], w1 = w[1]);
+                let room = TEXT_WIDTH_MAX.saturating_sub(lead.chars().count());
+                format!("{lead}{}", fit(note, room))
+            }
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let foot = format!(
+        "flex {} on the total line is the most in one interval; flexibility paid in total: {}",
+        u.power, t.flex_cost
+    );
+    let _ = writeln!(out, "{}", fit(&foot, TEXT_WIDTH_MAX));
+    if t.not_cleared > 0 {
+        let _ = writeln!(out, "{} interval(s) not cleared", t.not_cleared);
+    }
+    out
+}
+
+/// `N interval(s), DATE HH:MM to HH:MM UTC (M min); ledger E entries`.
+pub(crate) fn title_line(report: &Report) -> String {
+    let f = &report.facts;
+    let mut s = format!("{} interval(s)", report.intervals.len());
+    if let (Some(a), Some(b)) = (report.intervals.first(), report.intervals.last()) {
+        let (da, db) = (date(a.interval_start), date(b.interval_start));
+        if a.interval_start == b.interval_start {
+            let _ = write!(s, ", {da} {} UTC", hhmm(a.interval_start));
+        } else if da == db {
+            let _ = write!(
+                s,
+                ", {da} {} to {} UTC",
+                hhmm(a.interval_start),
+                hhmm(b.interval_start)
+            );
+        } else {
+            let _ = write!(
+                s,
+                ", {da} {} to {db} {} UTC",
+                hhmm(a.interval_start),
+                hhmm(b.interval_start)
+            );
+        }
+    }
+    if !f.interval_minutes.is_empty() {
+        let m: Vec<String> = f.interval_minutes.iter().map(|m| m.to_string()).collect();
+        let _ = write!(s, " ({} min)", m.join("/"));
+    }
+    let _ = write!(s, "; ledger {} entries", f.ledger_entries);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_match_known_instants() {
+        assert_eq!(utc(0), (1970, 1, 1, 0, 0));
+        // 1_800_000_000 is 2027-01-15 08:00:00 UTC.
+        assert_eq!(utc(1_800_000_000), (2027, 1, 15, 8, 0));
+        // A leap day and a time before the epoch.
+        assert_eq!(utc(951_782_400), (2000, 2, 29, 0, 0));
+        assert_eq!(utc(-60), (1969, 12, 31, 23, 59));
+    }
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn flex_cost_sums_the_providers_side_of_each_pair() {
+        let postings = [
+            ("energy o1", d("1.00")),
+            ("flex f1 for r1", d("0.04")),
+            ("flex f1 for r1", d("-0.04")),
+            ("flex f2 for r1", d("0.10")),
+            ("flex f2 for r1", d("-0.10")),
+            ("congestion rent", d("0.25")),
+        ];
+        assert_eq!(flex_cost(postings.into_iter()), d("0.14"));
+    }
+
+    #[test]
+    fn prices_show_at_least_two_places_and_no_trailing_zeros() {
+        assert_eq!(show_price(d("0.300000")), "0.30");
+        assert_eq!(show_price(d("0.123450")), "0.12345");
+        assert_eq!(show_price(d("10")), "10.00");
+        assert_eq!(price_range(Some(d("-0.1")), Some(d("0.35"))), "-0.10..0.35");
+    }
+
+    #[test]
+    fn energy_is_rounded_once_half_to_even() {
+        // 50 kW for 5 minutes: 250 / 60 = 4.1666… kWh.
+        assert_eq!(energy(d("250")), d("4.166667"));
+        assert_eq!(energy(d("250")).to_string(), "4.166667");
+    }
+
+    #[test]
+    fn the_number_bound_is_ten_to_the_fifteenth() {
+        assert_eq!(
+            RECORDED_NUMBER_ABS_MAX,
+            Decimal::from(1_000_000_000_000_000_i64)
+        );
+    }
+}
