@@ -349,14 +349,19 @@ struct InputFacts {
     study_units: bool,
 }
 
-/// What an interval's result entry gives: its summary, the price per node (index into the
-/// report's nodes) and its welfare.
-type ResultParts = (IntervalSummary, Vec<(usize, Decimal)>, Decimal);
+/// What an interval's result entry gave.
+struct ResultRead {
+    summary: IntervalSummary,
+    /// (index into the heat-map nodes, price).
+    prices: Vec<(usize, Decimal)>,
+    /// The flexibility cost from the result's own postings (used without a settlement entry).
+    flex_cost: Decimal,
+}
 
 /// An interval as read so far.
 #[derive(Default)]
 struct Partial {
-    result: Option<ResultParts>,
+    result: Option<ResultRead>,
     input: Option<(u64, InputFacts)>,
     settlement_flex_cost: Option<Decimal>,
     not_cleared: Option<String>,
@@ -577,7 +582,11 @@ impl ReportBuilder {
                 .iter()
                 .map(|p| (p.memo.as_str(), p.amount.0)),
         );
-        self.intervals.entry(t).or_default().result = Some((summary, prices, from_result));
+        self.intervals.entry(t).or_default().result = Some(ResultRead {
+            summary,
+            prices,
+            flex_cost: from_result,
+        });
         Ok(())
     }
 
@@ -602,7 +611,14 @@ impl ReportBuilder {
             }
             let mut row = vec![None; heat_nodes];
             let summary = match (p.result, p.not_cleared) {
-                (Some((mut s, prices, from_result)), _) => {
+                (
+                    Some(ResultRead {
+                        summary: mut s,
+                        prices,
+                        flex_cost: from_result,
+                    }),
+                    _,
+                ) => {
                     // Postings are at the money scale; padding shows `0.00`, never `0`.
                     s.flex_cost =
                         round_at(p.settlement_flex_cost.unwrap_or(from_result), MONEY_SCALE);
@@ -996,7 +1012,9 @@ pub(crate) fn title_line(report: &Report) -> String {
     let mut s = format!("{} interval(s)", report.intervals.len());
     if let (Some(a), Some(b)) = (report.intervals.first(), report.intervals.last()) {
         let (da, db) = (date(a.interval_start), date(b.interval_start));
-        if da == db {
+        if a.interval_start == b.interval_start {
+            let _ = write!(s, ", {da} {} UTC", hhmm(a.interval_start));
+        } else if da == db {
             let _ = write!(
                 s,
                 ", {da} {} to {} UTC",
