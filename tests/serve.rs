@@ -798,6 +798,28 @@ async fn wait_until_cleared(addr: &str, operator: &OperatorKey, nonce_floor: u64
     }
 }
 
+/// Registers `alice` at node A (admin nonce 1) on a spawned server.
+async fn register_alice(
+    admin: &mut AdminServiceClient<Channel>,
+    operator: &OperatorKey,
+    alice: &SigningKey,
+) {
+    admin
+        .register_participant(signed_admin(
+            operator,
+            1,
+            Command::RegisterParticipant(pb::RegisterParticipant {
+                participant_id: "alice".into(),
+                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
+                node: "A".into(),
+                roles: vec!["prosumer".into()],
+                capacity_kw: "50".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+}
+
 /// SIGTERM (a graceful stop), then waits for the child.
 fn terminate(c: &mut Child) {
     let pid = c.child.id().to_string();
@@ -817,20 +839,7 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
     let mut admin = AdminServiceClient::new(ch.clone());
     let mut market = MarketServiceClient::new(ch);
     let alice = key(1);
-    admin
-        .register_participant(signed_admin(
-            &operator,
-            1,
-            Command::RegisterParticipant(pb::RegisterParticipant {
-                participant_id: "alice".into(),
-                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
-                node: "A".into(),
-                roles: vec!["prosumer".into()],
-                capacity_kw: "50".into(),
-            }),
-        ))
-        .await
-        .unwrap();
+    register_alice(&mut admin, &operator, &alice).await;
     // Submit for whatever interval is open until the kill; remember every ack.
     let mut acked: Vec<pb::SubmitOrderResponse> = Vec::new();
     let t_kill = std::time::Instant::now() + Duration::from_millis(2_500);
@@ -912,20 +921,7 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
     let mut admin = AdminServiceClient::new(ch.clone());
     let mut market = MarketServiceClient::new(ch);
     let alice = key(1);
-    admin
-        .register_participant(signed_admin(
-            &operator,
-            1,
-            Command::RegisterParticipant(pb::RegisterParticipant {
-                participant_id: "alice".into(),
-                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
-                node: "A".into(),
-                roles: vec!["prosumer".into()],
-                capacity_kw: "50".into(),
-            }),
-        ))
-        .await
-        .unwrap();
+    register_alice(&mut admin, &operator, &alice).await;
     let status = admin
         .status(signed_admin(&operator, 2, Command::Status(pb::Status {})))
         .await

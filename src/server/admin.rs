@@ -62,6 +62,28 @@ struct Authorized<'a> {
 }
 
 impl AdminApi {
+    /// Pause or Resume: records the operator's request as a market event, then flips intake.
+    async fn set_paused(
+        &self,
+        request: &pb::SignedAdminRequest,
+        paused: bool,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let (command, event) = if paused {
+            ("Pause", "pause")
+        } else {
+            ("Resume", "resume")
+        };
+        let a = self.authorize(request, command).await?;
+        let origin = Origin {
+            command,
+            nonce: a.nonce,
+        };
+        let seq = market_event(&self.shared, origin, event).await?;
+        self.shared.lock().paused = paused;
+        tracing::info!(paused, "market {event}d");
+        Ok(ack(seq, format!("{event}d")))
+    }
+
     async fn authorize(
         &self,
         req: &pb::SignedAdminRequest,
@@ -462,30 +484,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let a = self.authorize(request.get_ref(), "Pause").await?;
-        let origin = Origin {
-            command: "Pause",
-            nonce: a.nonce,
-        };
-        let seq = market_event(&self.shared, origin, "pause").await?;
-        self.shared.lock().paused = true;
-        tracing::info!("market paused");
-        Ok(ack(seq, "paused"))
+        self.set_paused(request.get_ref(), true).await
     }
 
     async fn resume(
         &self,
         request: Request<pb::SignedAdminRequest>,
     ) -> Result<Response<pb::AdminResponse>, Status> {
-        let a = self.authorize(request.get_ref(), "Resume").await?;
-        let origin = Origin {
-            command: "Resume",
-            nonce: a.nonce,
-        };
-        let seq = market_event(&self.shared, origin, "resume").await?;
-        self.shared.lock().paused = false;
-        tracing::info!("market resumed");
-        Ok(ack(seq, "resumed"))
+        self.set_paused(request.get_ref(), false).await
     }
 
     async fn clear_now(
