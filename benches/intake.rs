@@ -20,9 +20,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton::server::{self, Limits, ScaledClock, ServerConfig};
 use baton_ledger::OperatorKey;
 use baton_proto::v1 as pb;
+use baton_server::{self as server, Limits, ScaledClock, ServerConfig};
 use ed25519_dalek::{Signer, SigningKey};
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::agents::runner::{Leg, NONCES_PER_INTERVAL};
-use baton::agents::{self, Population, PopulationFile, Purpose, RunConfig, RunSummary};
-use baton::server::{self, ScaledClock, ServerConfig};
+use baton_agents::runner::{Leg, NONCES_PER_INTERVAL};
+use baton_agents::{self as agents, Population, PopulationFile, Purpose, RunConfig, RunSummary};
 use baton_client::AdminKey;
 use baton_engine::model::Direction;
 use baton_ledger::{EntryKind, Ledger, OperatorKey};
+use baton_server::{self as server, ScaledClock, ServerConfig};
 use rust_decimal::Decimal;
 
 const OPERATOR_SEED: [u8; 32] = [9; 32];

@@ -244,7 +244,7 @@ fn reclear_catches_an_operator_who_signed_a_wrong_price() {
     let (c, _) = clear(&market).unwrap();
     let s = settle(&market, &c);
     let mut entries =
-        baton::record::interval_entries(1800000000, &spec, false, &market, &c, &s).unwrap();
+        baton_audit::record::interval_entries(1800000000, &spec, false, &market, &c, &s).unwrap();
     let forged = String::from_utf8(entries[1].body.clone())
         .unwrap()
         .replacen("\"lmp\": 0.350000", "\"lmp\": 0.450000", 1);

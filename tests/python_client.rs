@@ -14,9 +14,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton::server::{self, ScaledClock, ServerConfig};
 use baton_ledger::{EntryKind, Ledger, OperatorKey, SignedMessageBody};
 use baton_proto::v1 as pb;
+use baton_server::{self as server, ScaledClock, ServerConfig};
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;

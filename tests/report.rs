@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton::report::{self, IntervalStatus, Report};
+use baton_audit::summary::{self as report, IntervalStatus, Report};
 use rust_decimal::Decimal;
 
 fn baton(args: &[&str]) -> Output {
@@ -396,9 +396,9 @@ mod live {
     //! `interval_not_cleared` event it records when the engine refuses a book.
 
     use super::*;
-    use baton::server::{self, ScaledClock, ServerConfig};
     use baton_ledger::{EntryKind, Ledger, NewEntry, OperatorKey};
     use baton_proto::v1 as pb;
+    use baton_server::{self as server, ScaledClock, ServerConfig};
     use ed25519_dalek::{Signer, SigningKey};
     use pb::admin_request::Command as AdminCommand;
     use pb::admin_service_client::AdminServiceClient;
@@ -590,13 +590,13 @@ mod live {
             }
         );
         assert_eq!(r.totals.not_cleared, 1);
-        let text = report::text(&r);
+        let text = baton_report::text(&r);
         assert!(
             text.contains("not cleared: order \"x\": blocks[0].quantity is zero"),
             "{text}"
         );
         assert!(text.contains("1 interval(s) not cleared"), "{text}");
-        let html = report::html(&r, None);
+        let html = baton_report::html(&r, None);
         assert!(html.contains("not cleared: order &quot;x&quot;: blocks[0].quantity is zero"));
         assert!(html.contains("<p class=\"audit none\">Audit: not run"));
     }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton::server::{self, Limits, ScaledClock, ServerConfig};
 use baton_ledger::{EntryKind, Ledger, OperatorKey};
 use baton_proto::v1 as pb;
+use baton_server::{self as server, Limits, ScaledClock, ServerConfig};
 use ed25519_dalek::{Signer, SigningKey};
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;
@@ -382,7 +382,7 @@ async fn check_ledger(
                 .body
                 .clone()
         };
-        let r = baton::record::reclear(
+        let r = baton_audit::record::reclear(
             s,
             &e.body,
             &body(EntryKind::IntervalResult),
@@ -892,7 +892,7 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
         .iter()
         .filter(|e| e.kind == EntryKind::IntervalInput)
     {
-        let input: baton::record::IntervalInput = serde_json::from_slice(&e.body).unwrap();
+        let input: baton_audit::record::IntervalInput = serde_json::from_slice(&e.body).unwrap();
         for o in input.market.orders {
             *cleared_orders.entry(o.id).or_insert(0) += 1;
         }
@@ -1007,7 +1007,7 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
         .iter()
         .find(|e| e.kind == EntryKind::IntervalInput && e.interval_start == Some(target))
         .unwrap();
-    let input: baton::record::IntervalInput = serde_json::from_slice(&input.body).unwrap();
+    let input: baton_audit::record::IntervalInput = serde_json::from_slice(&input.body).unwrap();
     let in_book: std::collections::HashSet<String> =
         input.market.orders.into_iter().map(|o| o.id).collect();
     for a in &acked {

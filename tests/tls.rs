@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::server::{self, ServerConfig, TlsIdentity};
 use baton_ledger::OperatorKey;
 use baton_proto::v1 as pb;
+use baton_server::{self as server, ServerConfig, TlsIdentity};
 use pb::market_service_client::MarketServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Code;

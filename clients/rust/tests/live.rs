@@ -1,4 +1,4 @@
-//! The SDK against a real in-process `baton serve` (`baton::server::run` on 127.0.0.1:0, a
+//! The SDK against a real in-process `baton serve` (`baton_server::run` on 127.0.0.1:0, a
 //! SQLite ledger in a temporary directory, the two-node scenario, a market clock that starts
 //! at a fixed instant). Nothing is mocked: acks are checked against the ledger the server
 //! wrote, and lost answers are produced by a real TCP proxy that drops them.
@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::server::{self, ScaledClock, ServerConfig};
 use baton_client::{
     connect, pb, sign_order, AdminClient, AdminKey, AuditClient, BlockSpec, ClientError, Code,
     Decimal, FlexDirection, FlexRequirement, MarketClient, NewOrder, NewParticipant,
     ParticipantKey, PublicClient,
 };
 use baton_ledger::{EntryKind, Ledger, OperatorKey, SignedMessageBody};
+use baton_server::{self as server, ScaledClock, ServerConfig};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;

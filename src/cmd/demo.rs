@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use baton::agents::{self, Population, PopulationFile, RunConfig};
-use baton::report;
-use baton::server::{self, ScaledClock, ServerConfig};
+use baton_agents::{self as agents, Population, PopulationFile, RunConfig};
 use baton_ledger::OperatorKey;
+use baton_server::{self as server, ScaledClock, ServerConfig};
 
 /// The built-in population and the network it names (so the demo runs from any directory).
-const POPULATION_TOML: &str = include_str!("../scenarios/ieee33-agents.toml");
-const NETWORK_TOML: &str = include_str!("../scenarios/ieee33-feeder.toml");
+const POPULATION_TOML: &str = include_str!("../../scenarios/ieee33-agents.toml");
+const NETWORK_TOML: &str = include_str!("../../scenarios/ieee33-feeder.toml");
 /// Market seconds per real second: a five-minute interval passes in three real seconds.
 const DEMO_TIME_SCALE_DEFAULT: f64 = 100.0;
 /// Where the demo's market clock starts, unix seconds: 2026-06-21 16:58 UTC, two minutes
@@ -162,13 +161,13 @@ async fn demo(
     }
 
     // The regulator's view: only the ledger file and the operator's public key.
-    let rep = report::read(&db)
+    let rep = baton_audit::summary::read(&db)
         .await
         .context("reading the ledger for the report")?;
     println!();
-    println!("{}", report::text(&rep));
+    println!("{}", baton_report::text(&rep));
     let verified = baton_ledger::audit::verify(&db, &public, None).await;
-    let recleared = crate::ledger_cmd::reclear_intervals(&db, None).await;
+    let recleared = baton_audit::reclear_ledger(&db, None).await;
     let (passed, audit_text) = match (&verified, &recleared) {
         (Ok(v), Ok(r)) => (
             true,
@@ -190,9 +189,9 @@ async fn demo(
             r.len()
         );
     }
-    let html = report::html(
+    let html = baton_report::html(
         &rep,
-        Some(&report::AuditStatus {
+        Some(&baton_report::AuditStatus {
             passed,
             text: audit_text.clone(),
         }),

@@ -1,14 +1,51 @@
 //! `baton clear`: one-shot offline clearing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use baton_engine::{clear_with, settle, study, Market, MarketSpec, Method};
 
+#[derive(clap::Args)]
+pub(crate) struct ClearArgs {
+    /// Market file: `.json` (study format) or `.toml` (native scenario).
+    market: PathBuf,
+    /// Where to write the result (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Solution method.
+    #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
+    method: MethodArg,
+    /// Add solver timings to the result (makes the output vary between runs).
+    #[arg(long)]
+    timings: bool,
+    /// Also record the clearing (market, result, settlement, checkpoint) in this ledger:
+    /// `sqlite://path` or `postgres://…`.
+    #[arg(long, requires = "operator_key")]
+    ledger: Option<String>,
+    /// The operator's private key file (from `baton keys generate`).
+    #[arg(long)]
+    operator_key: Option<PathBuf>,
+    /// Interval start recorded in the ledger, unix seconds (default: now, floored to the
+    /// interval length).
+    #[arg(long)]
+    interval_start: Option<i64>,
+}
+
+/// `--method`: how the LP is solved.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MethodArg {
+    /// The active set for large books, the whole LP for small ones.
+    Auto,
+    /// One LP with every step.
+    Full,
+    /// The exact active-set method, whatever the book's size.
+    ActiveSet,
+}
+
 /// Reads a market file: study JSON or native TOML scenario. The flag says whether numbers were
 /// rounded to the fixed scales (study JSON) rather than required exact (scenarios).
-pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market, bool)> {
+fn load_market(path: &Path) -> Result<(MarketSpec, Market, bool)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() > study::STUDY_FILE_BYTES_MAX {
         bail!(
@@ -35,27 +72,16 @@ pub(crate) fn load_market(path: &Path) -> Result<(MarketSpec, Market, bool)> {
     Ok((spec, market, !is_toml))
 }
 
-/// Where and how to record a one-shot clearing.
-pub(crate) struct Record {
-    pub(crate) db: String,
-    pub(crate) key: std::path::PathBuf,
-    pub(crate) interval_start: Option<i64>,
-}
-
-pub(crate) fn run(
-    path: &Path,
-    out: Option<&Path>,
-    method: &str,
-    timings: bool,
-    record: Option<Record>,
-) -> Result<()> {
+pub(crate) fn run(a: ClearArgs) -> Result<()> {
     let t0 = Instant::now();
-    let method = match method {
-        "auto" => Method::Auto,
-        "full" => Method::Full,
-        "active-set" => Method::ActiveSet { band: None },
-        other => bail!("unknown method {other:?} (auto, full, active-set)"),
+    let (path, out, timings) = (a.market.as_path(), a.out.as_deref(), a.timings);
+    let method = match a.method {
+        MethodArg::Auto => Method::Auto,
+        MethodArg::Full => Method::Full,
+        MethodArg::ActiveSet => Method::ActiveSet { band: None },
     };
+    // `requires` makes clap refuse --ledger without --operator-key.
+    let record = a.ledger.zip(a.operator_key);
     if record.is_some() && method != Method::Auto {
         bail!("--ledger records clearings by the default method only (the one re-clear uses)");
     }
@@ -93,20 +119,20 @@ pub(crate) fn run(
         market.participant_order_count(),
         timings.then_some(timing_json),
     );
-    crate::write_out(out, &json)?;
-    if let Some(r) = record {
+    super::write_out(out, &json)?;
+    if let Some((db, key)) = record {
         let minutes = i64::from(market.interval_minutes());
-        let interval = r.interval_start.unwrap_or_else(|| {
+        let interval = a.interval_start.unwrap_or_else(|| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
             now - now.rem_euclid(minutes * 60)
         });
-        crate::ledger_cmd::record_clearing(
-            &r.db,
-            &r.key,
+        super::audit::record_clearing(
+            &db,
+            &key,
             interval,
-            baton::record::interval_entries(
+            baton_audit::record::interval_entries(
                 interval,
                 &spec,
                 rounding,

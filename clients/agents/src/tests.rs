@@ -14,8 +14,8 @@ use super::devices::{Battery, Ev, Moment};
 use super::population::{GridPrices, Population, PopulationFile};
 use super::strategy::{MarketContext, Plan, Purpose};
 
-const POPULATION: &str = include_str!("../../scenarios/ieee33-agents.toml");
-const FEEDER: &str = include_str!("../../scenarios/ieee33-feeder.toml");
+const POPULATION: &str = include_str!("../../../scenarios/ieee33-agents.toml");
+const FEEDER: &str = include_str!("../../../scenarios/ieee33-feeder.toml");
 /// Midnight UTC, aligned to five minutes.
 const DAY0: i64 = 1_800_000_000 - 1_800_000_000 % 86_400;
 

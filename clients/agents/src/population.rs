@@ -138,7 +138,7 @@ pub struct EvFile {
     pub departure_h: Range,
 }
 
-/// Strategy parameters (see the module documentation of `baton::agents`).
+/// Strategy parameters (see the module documentation of `baton_agents`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StrategyFile {

@@ -1,39 +1,112 @@
-//! `baton keys`, `baton clear --ledger` and `baton audit …`: the ledger from the command line.
+//! `baton audit …` (the regulator's tools) and the recording half of `baton clear --ledger`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use baton::record;
 use baton_ledger::audit::{self, ExportFormat};
-use baton_ledger::{Checkpoint, EntryKind, Ledger, OperatorKey, PublicKey, ENTRIES_PER_READ_MAX};
+use baton_ledger::{Checkpoint, Ledger, OperatorKey, PublicKey};
+
+use super::runtime;
+
+#[derive(clap::Args)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain, Merkle tree, every signature, zero-sum and balances.
+    Verify {
+        /// Ledger URL.
+        #[arg(long)]
+        db: String,
+        /// The operator's public key: hex, or a file holding it.
+        #[arg(long)]
+        operator_pubkey: String,
+        /// A checkpoint published earlier (signed note): the ledger must be consistent with it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Re-clear recorded intervals and check prices, fills and payments are identical.
+    Reclear {
+        /// Ledger URL.
+        #[arg(long)]
+        db: String,
+        /// Only this interval (unix seconds).
+        #[arg(long)]
+        interval: Option<i64>,
+    },
+    /// Export entries for other tools.
+    Export {
+        /// Ledger URL.
+        #[arg(long)]
+        db: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormatArg::Jsonl)]
+        format: ExportFormatArg,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last sequence number.
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+    },
+    /// Print an inclusion proof of entry SEQ against the latest signed checkpoint.
+    Prove {
+        /// Ledger URL.
+        #[arg(long)]
+        db: String,
+        /// Sequence number.
+        #[arg(long)]
+        seq: u64,
+    },
+    /// Check an inclusion proof (as printed by `prove`) against the operator's public key.
+    CheckProof {
+        /// The proof file.
+        proof: PathBuf,
+        /// The operator's public key: hex, or a file holding it.
+        #[arg(long)]
+        operator_pubkey: String,
+    },
+}
+
+/// `--format` of `baton audit export`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormatArg {
+    /// One JSON object per entry.
+    Jsonl,
+    /// Comma-separated, one row per entry, the body in hex.
+    Csv,
+}
+
+pub(crate) fn run(a: AuditArgs) -> Result<()> {
+    match a.command {
+        AuditCommand::Verify {
+            db,
+            operator_pubkey,
+            checkpoint,
+        } => verify(&db, &operator_pubkey, checkpoint.as_deref()),
+        AuditCommand::Reclear { db, interval } => reclear(&db, interval),
+        AuditCommand::Export {
+            db,
+            format,
+            from,
+            to,
+        } => export(&db, format, from, to),
+        AuditCommand::Prove { db, seq } => prove(&db, seq),
+        AuditCommand::CheckProof {
+            proof,
+            operator_pubkey,
+        } => check_proof(&proof, &operator_pubkey),
+    }
+}
 
 /// Origin line of the checkpoints `baton clear --ledger` signs.
 pub(crate) const CLEAR_ORIGIN: &str = "baton/clear";
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// `baton keys generate --out DIR`.
-pub(crate) fn keys_generate(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = OperatorKey::generate_to_dir(dir)
-        .with_context(|| format!("writing a key pair into {}", dir.display()))?;
-    println!(
-        "wrote {}/operator.key (private, mode 0600) and {}/operator.pub\npublic key {} (key id {})",
-        dir.display(),
-        dir.display(),
-        key.public_key().to_hex(),
-        hex_id(&key.public_key())
-    );
-    Ok(())
-}
-
-fn hex_id(k: &PublicKey) -> String {
+pub(crate) fn hex_id(k: &PublicKey) -> String {
     k.key_id().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -79,7 +152,7 @@ pub(crate) fn record_clearing(
 }
 
 /// `baton audit verify`.
-pub(crate) fn verify(db: &str, pubkey: &str, published: Option<&Path>) -> Result<()> {
+fn verify(db: &str, pubkey: &str, published: Option<&Path>) -> Result<()> {
     let key = load_public_key(pubkey)?;
     let published = match published {
         None => None,
@@ -99,24 +172,9 @@ pub(crate) fn verify(db: &str, pubkey: &str, published: Option<&Path>) -> Result
     }
 }
 
-/// Every entry of the ledger, in pages.
-async fn all_entries(ledger: &Ledger) -> Result<Vec<baton_ledger::Entry>> {
-    let mut out = Vec::new();
-    let mut from = 1u64;
-    loop {
-        let page = ledger
-            .entries(from, from + ENTRIES_PER_READ_MAX - 1)
-            .await?;
-        let Some(last) = page.last() else { break };
-        from = last.seq + 1;
-        out.extend(page);
-    }
-    Ok(out)
-}
-
 /// `baton audit reclear`.
-pub(crate) fn reclear(db: &str, only: Option<i64>) -> Result<()> {
-    let done = runtime()?.block_on(reclear_intervals(db, only))?;
+fn reclear(db: &str, only: Option<i64>) -> Result<()> {
+    let done = runtime()?.block_on(baton_audit::reclear_ledger(db, only))?;
     for r in &done {
         println!(
             "interval {}: re-cleared {} orders; prices, fills and {} postings identical",
@@ -127,55 +185,11 @@ pub(crate) fn reclear(db: &str, only: Option<i64>) -> Result<()> {
     Ok(())
 }
 
-/// Re-clears every recorded interval (or only `only`) from its recorded input and checks the
-/// recorded result and settlement are identical; the first difference is an error.
-pub(crate) async fn reclear_intervals(
-    db: &str,
-    only: Option<i64>,
-) -> Result<Vec<record::Recleared>> {
-    let ledger = Ledger::open_existing(db)
-        .await
-        .with_context(|| format!("opening ledger {db}"))?;
-    let entries = all_entries(&ledger).await;
-    ledger.close().await;
-    let entries = entries?;
-    // Latest entry of each kind per interval (a re-recorded interval would be a correction).
-    let mut by_interval: std::collections::BTreeMap<i64, [Option<&[u8]>; 3]> = Default::default();
-    for e in &entries {
-        let Some(t) = e.interval_start else { continue };
-        let slot = match e.kind {
-            EntryKind::IntervalInput => 0,
-            EntryKind::IntervalResult => 1,
-            EntryKind::Settlement => 2,
-            _ => continue,
-        };
-        by_interval.entry(t).or_default()[slot] = Some(&e.body);
-    }
-    if let Some(t) = only {
-        by_interval.retain(|k, _| *k == t);
-        if by_interval.is_empty() {
-            bail!("interval {t} is not in the ledger");
-        }
-    }
-    let mut done = Vec::with_capacity(by_interval.len());
-    for (t, [input, result, settlement]) in &by_interval {
-        let missing = |what| record::RecordError::Missing { interval: *t, what };
-        done.push(record::reclear(
-            *t,
-            input.ok_or_else(|| missing("interval_input"))?,
-            result.ok_or_else(|| missing("interval_result"))?,
-            settlement.ok_or_else(|| missing("settlement"))?,
-        )?);
-    }
-    Ok(done)
-}
-
 /// `baton audit export`.
-pub(crate) fn export(db: &str, format: &str, from: u64, to: u64) -> Result<()> {
+fn export(db: &str, format: ExportFormatArg, from: u64, to: u64) -> Result<()> {
     let format = match format {
-        "jsonl" => ExportFormat::Jsonl,
-        "csv" => ExportFormat::Csv,
-        other => bail!("unknown format {other:?} (jsonl, csv)"),
+        ExportFormatArg::Jsonl => ExportFormat::Jsonl,
+        ExportFormatArg::Csv => ExportFormat::Csv,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -185,7 +199,7 @@ pub(crate) fn export(db: &str, format: &str, from: u64, to: u64) -> Result<()> {
 }
 
 /// `baton audit prove`: the proof carries the entry and the signed checkpoint it is against.
-pub(crate) fn prove(db: &str, seq: u64) -> Result<()> {
+fn prove(db: &str, seq: u64) -> Result<()> {
     let proof = runtime()?
         .block_on(audit::prove_inclusion(db, seq))
         .with_context(|| format!("proving entry {seq}"))?;
@@ -194,7 +208,7 @@ pub(crate) fn prove(db: &str, seq: u64) -> Result<()> {
 }
 
 /// `baton audit check-proof`: what a third party runs on a proof it was handed.
-pub(crate) fn check_proof(path: &Path, pubkey: &str) -> Result<()> {
+fn check_proof(path: &Path, pubkey: &str) -> Result<()> {
     let key = load_public_key(pubkey)?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

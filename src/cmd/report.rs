@@ -1,12 +1,10 @@
 //! `baton report`: the per-interval summary of a ledger and its HTML market report.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use baton::record;
-use baton::report::{self, AuditStatus};
-use baton_ledger::{audit, EntryKind, Ledger, ENTRIES_PER_READ_MAX};
+use baton_ledger::audit;
+use baton_report::AuditStatus;
 
 /// `baton report` options.
 #[derive(clap::Args)]
@@ -33,7 +31,7 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let r = rt
-        .block_on(report::read(&args.db))
+        .block_on(baton_audit::summary::read(&args.db))
         .with_context(|| format!("reporting on {}", args.db))?;
     let audit = match &args.operator_pub {
         Some(key) => Some(rt.block_on(audit_ledger(&args.db, key))?),
@@ -47,7 +45,7 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", report::text(&r));
+        print!("{}", baton_report::text(&r));
         if let Some(a) = &audit {
             println!(
                 "audit {}: {}",
@@ -57,7 +55,7 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
         }
     }
     if let Some(path) = &args.html {
-        std::fs::write(path, report::html(&r, audit.as_ref()))
+        std::fs::write(path, baton_report::html(&r, audit.as_ref()))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("baton: wrote the market report to {}", path.display());
     }
@@ -70,7 +68,7 @@ pub(crate) fn run(args: ReportArgs) -> Result<()> {
 /// Runs what `baton audit verify` and `baton audit reclear` run, and says what they found. A
 /// failing check is an outcome to report, not an error; only an unreadable key is.
 async fn audit_ledger(db: &str, key: &str) -> Result<AuditStatus> {
-    let key = crate::ledger_cmd::load_public_key(key)?;
+    let key = super::audit::load_public_key(key)?;
     let verified = match audit::verify(db, &key, None).await {
         Ok(v) => v,
         Err(failure) => {
@@ -84,8 +82,8 @@ async fn audit_ledger(db: &str, key: &str) -> Result<AuditStatus> {
         "ledger verified ({} entries, {} checkpoints, {} participant signatures, {} postings)",
         verified.entries, verified.checkpoints, verified.participant_signatures, verified.postings
     );
-    let text = match reclear_all(db).await {
-        Ok(n) => format!("{checked}; {n} interval(s) re-cleared exactly"),
+    let text = match baton_audit::reclear_ledger(db, None).await {
+        Ok(done) => format!("{checked}; {} interval(s) re-cleared exactly", done.len()),
         Err(e) => {
             return Ok(AuditStatus {
                 passed: false,
@@ -94,50 +92,4 @@ async fn audit_ledger(db: &str, key: &str) -> Result<AuditStatus> {
         }
     };
     Ok(AuditStatus { passed: true, text })
-}
-
-/// Re-clears every recorded interval from the latest of its three entries, as
-/// `baton audit reclear` does; the number of intervals reproduced.
-async fn reclear_all(db: &str) -> Result<usize> {
-    let ledger = Ledger::open_existing(db)
-        .await
-        .with_context(|| format!("opening ledger {db}"))?;
-    let mut by_interval: BTreeMap<i64, [Option<Vec<u8>>; 3]> = BTreeMap::new();
-    let mut from = 1u64;
-    let read: Result<()> = async {
-        loop {
-            let page = ledger
-                .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
-                .await?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            from = last.seq + 1;
-            for e in page {
-                let Some(t) = e.interval_start else { continue };
-                let slot = match e.kind {
-                    EntryKind::IntervalInput => 0,
-                    EntryKind::IntervalResult => 1,
-                    EntryKind::Settlement => 2,
-                    _ => continue,
-                };
-                by_interval.entry(t).or_default()[slot] = Some(e.body);
-            }
-        }
-    }
-    .await;
-    ledger.close().await;
-    read?;
-    for (t, [input, result, settlement]) in &by_interval {
-        let missing = |what| record::RecordError::Missing { interval: *t, what };
-        record::reclear(
-            *t,
-            input.as_deref().ok_or_else(|| missing("interval_input"))?,
-            result
-                .as_deref()
-                .ok_or_else(|| missing("interval_result"))?,
-            settlement.as_deref().ok_or_else(|| missing("settlement"))?,
-        )?;
-    }
-    Ok(by_interval.len())
 }

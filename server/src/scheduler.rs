@@ -207,8 +207,9 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
     let market = Market::new(&spec).map_err(|e| e.to_string())?;
     let (clearing, _stats) = clear(&market).map_err(|e| e.to_string())?;
     let settlement = settle(&market, &clearing);
-    let entries = crate::record::interval_entries(s, &spec, false, &market, &clearing, &settlement)
-        .map_err(|e| e.to_string())?;
+    let entries =
+        baton_audit::record::interval_entries(s, &spec, false, &market, &clearing, &settlement)
+            .map_err(|e| e.to_string())?;
     let node_ids = market.node_ids();
     let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);
     for f in &clearing.orders {

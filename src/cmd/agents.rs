@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use baton::agents::{self, Population, PopulationFile, RunConfig};
+use baton_agents::{self as agents, Population, PopulationFile, RunConfig};
 
 /// `baton agents` flags.
 #[derive(clap::Args, Debug)]

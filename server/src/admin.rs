@@ -700,7 +700,7 @@ async fn summarize(
             .map(|e| e.body.as_slice())
             .ok_or_else(|| corrupt(&format!("no {} entry", kind.as_str())))
     };
-    let input: crate::record::IntervalInput =
+    let input: baton_audit::record::IntervalInput =
         serde_json::from_slice(body(EntryKind::IntervalInput)?)
             .map_err(|e| corrupt(&format!("input entry unreadable: {e}")))?;
     let result: ResultView = serde_json::from_slice(body(EntryKind::IntervalResult)?)

@@ -8,13 +8,10 @@ use baton_engine::units::round_at;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-use super::{
-    date, hhmm, price_range, show_fixed, show_price, title_line, IntervalStatus, IntervalSummary,
-    Report,
-};
+use baton_audit::summary::{IntervalStatus, IntervalSummary, PriceAt, Report};
 
-/// Most nodes (heat-map rows) in the report; the rest are counted, not drawn.
-pub const HEATMAP_NODES_MAX: usize = 200;
+use super::{date, hhmm, price_range, show_fixed, show_price, title_line};
+
 /// Most intervals drawn in the charts and listed in the interval table (the latest ones; two
 /// days of five-minute intervals). Totals and facts always cover every interval.
 pub const CHART_INTERVALS_MAX: usize = 576;
@@ -684,7 +681,7 @@ fn congestion(o: &mut String, r: &Report, time: &dyn Fn(i64) -> String) {
 }
 
 /// `price (node, node, … +N)`.
-fn price_at(p: &Option<super::PriceAt>) -> String {
+fn price_at(p: &Option<PriceAt>) -> String {
     match p {
         None => "-".into(),
         Some(p) => {

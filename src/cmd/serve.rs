@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton::server::{self, Clock, Limits, ScaledClock, ServerConfig, WallClock};
 use baton_ledger::OperatorKey;
+use baton_server::{self as server, Clock, Limits, ScaledClock, ServerConfig, WallClock};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
