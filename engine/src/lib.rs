@@ -16,6 +16,7 @@ pub mod scenario;
 pub mod settlement;
 pub mod study;
 pub mod units;
+pub mod validate;
 
 pub use clearing::{clear, clear_with, ClearError, ClearStats, Clearing, Method};
 pub use model::{Market, MarketError, MarketSpec, Side};
