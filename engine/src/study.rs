@@ -4,8 +4,8 @@
 //! Input numbers are JSON numbers, usually written from binary floating point. Each is read as
 //! the exact decimal its text denotes, never through `f64` (for a file written from floats
 //! that text is the float's shortest round-trip decimal), so `7.920951` is exactly 7.920951;
-//! it is then rounded to the fixed scales by [`Market::new_rounding`]. Output numbers are
-//! written as exact decimal text at their fixed scale.
+//! it is then rounded to the fixed scales by [`crate::Market::new_rounding`]. Output numbers
+//! are written as exact decimal text at their fixed scale.
 
 use std::collections::HashSet;
 
