@@ -8,7 +8,6 @@
 //! orders by id).
 
 use std::cmp::Ordering;
-use std::time::Instant;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -146,7 +145,33 @@ pub struct Relaxation {
     pub penalty: Decimal,
 }
 
-/// How the clearing was computed (not part of the deterministic result: timings vary).
+/// A phase of clearing, announced to a [`PhaseHook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Building one LP model.
+    Build,
+    /// Inside HiGHS, solving one LP.
+    Solve,
+    /// Reading one LP solution back as decimals.
+    Extract,
+    /// Everything else: steps, ties, exact balance, price decomposition, checks.
+    Other,
+    /// Clearing has returned, with a result or an error.
+    Done,
+}
+
+/// Told each time clearing enters a [`Phase`], so that a caller can time the phases with its own
+/// clock: the engine reads none. `()` ignores them.
+pub trait PhaseHook {
+    /// Clearing enters `phase` now.
+    fn enter(&mut self, phase: Phase);
+}
+
+impl PhaseHook for () {
+    fn enter(&mut self, _phase: Phase) {}
+}
+
+/// How the clearing was computed (deterministic: timings are the caller's, see [`PhaseHook`]).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ClearStats {
     /// `full` or `active-set`.
@@ -161,16 +186,8 @@ pub struct ClearStats {
     pub lp_rows: usize,
     /// LP solves (active set: estimate + rounds).
     pub lp_solves: usize,
-    /// Seconds building models, all solves.
-    pub build_s: f64,
-    /// Seconds inside HiGHS, all solves.
-    pub solve_s: f64,
-    /// Seconds reading solutions back, all solves.
-    pub extract_s: f64,
-    /// Seconds everything else (steps, ties, checks).
-    pub other_s: f64,
-    /// Per LP solve: (columns, seconds in HiGHS, steps freed after it).
-    pub rounds: Vec<(usize, f64, usize)>,
+    /// Per LP solve, in order: (columns, steps freed after it).
+    pub rounds: Vec<(usize, usize)>,
 }
 
 /// The outcome of clearing one interval.
@@ -321,7 +338,26 @@ pub fn clear(market: &Market) -> Result<(Clearing, ClearStats), ClearError> {
 
 /// Clears one interval.
 pub fn clear_with(market: &Market, method: Method) -> Result<(Clearing, ClearStats), ClearError> {
-    let t0 = Instant::now();
+    clear_hooked(market, method, &mut ())
+}
+
+/// Clears one interval, announcing each phase to `hook` (for a caller that times them).
+pub fn clear_hooked(
+    market: &Market,
+    method: Method,
+    hook: &mut dyn PhaseHook,
+) -> Result<(Clearing, ClearStats), ClearError> {
+    hook.enter(Phase::Other);
+    let result = clear_inner(market, method, hook);
+    hook.enter(Phase::Done);
+    result
+}
+
+fn clear_inner(
+    market: &Market,
+    method: Method,
+    hook: &mut dyn PhaseHook,
+) -> Result<(Clearing, ClearStats), ClearError> {
     let islands = islands(market);
     let book = build_book(market);
     let blocks: usize = book.members.len();
@@ -338,31 +374,25 @@ pub fn clear_with(market: &Market, method: Method) -> Result<(Clearing, ClearSta
     let sol = match method {
         Method::ActiveSet { band } => {
             stats.method = "active-set";
-            active_set(market, &islands, &book.steps, band, &mut stats)?
+            active_set(market, &islands, &book.steps, band, &mut stats, hook)?
         }
         _ => {
             stats.method = "full";
             let modes = vec![StepMode::Free; book.steps.len()];
-            let s = lp::solve(market, &islands, &book.steps, &modes, None)?;
+            let s = lp::solve(market, &islands, &book.steps, &modes, None, hook)?;
             add_stats(&mut stats, &s);
             s
         }
     };
     let clearing = finish(market, islands, &book, sol)?;
-    // One clock read: subtracting two `elapsed()` readings panics when the thread stalls
-    // between them.
-    stats.other_s = t0.elapsed().as_secs_f64() - stats.build_s - stats.solve_s - stats.extract_s;
     Ok((clearing, stats))
 }
 
 fn add_stats(stats: &mut ClearStats, s: &LpSolution) {
     stats.lp_solves += 1;
-    stats.rounds.push((s.stats.columns, s.stats.solve_s, 0));
+    stats.rounds.push((s.stats.columns, 0));
     stats.lp_columns = s.stats.columns;
     stats.lp_rows = s.stats.rows;
-    stats.build_s += s.stats.build_s;
-    stats.solve_s += s.stats.solve_s;
-    stats.extract_s += s.stats.extract_s;
 }
 
 /// The exact active-set method.
@@ -384,12 +414,13 @@ fn active_set(
     steps: &[Step],
     band: Option<Decimal>,
     stats: &mut ClearStats,
+    hook: &mut dyn PhaseHook,
 ) -> Result<LpSolution, ClearError> {
     let n_nodes = market.node_ids().len();
     // 1. Price estimate.
     let chunks = chunk_steps(steps);
     let all_free = vec![StepMode::Free; chunks.len()];
-    let est = lp::solve(market, islands, &chunks, &all_free, None)?;
+    let est = lp::solve(market, islands, &chunks, &all_free, None, hook)?;
     add_stats(stats, &est);
     let slack_penalty = (market.price_cap() - market.price_floor()) * Decimal::from(4)
         + market.price_cap().abs()
@@ -397,7 +428,7 @@ fn active_set(
     let mut modes = initial_modes(steps, &est.node_price, band);
 
     for _round in 0..ACTIVE_SET_ROUNDS_MAX {
-        let sol = lp::solve(market, islands, steps, &modes, Some(slack_penalty))?;
+        let sol = lp::solve(market, islands, steps, &modes, Some(slack_penalty), hook)?;
         add_stats(stats, &sol);
         // Free every fixed step on the wrong side of its node's new price, and the steps
         // nearest the new price in each curve (they are the likeliest to be wrong next).
@@ -423,7 +454,7 @@ fn active_set(
             }
         }
         if let Some(r) = stats.rounds.last_mut() {
-            r.2 = changed;
+            r.1 = changed;
         }
         let slack_nodes: Vec<usize> = (0..n_nodes)
             .filter(|&n| !sol.node_slack[n].is_zero())
@@ -450,7 +481,7 @@ fn active_set(
     }
     // Fallback: the whole LP.
     let modes = vec![StepMode::Free; steps.len()];
-    let sol = lp::solve(market, islands, steps, &modes, None)?;
+    let sol = lp::solve(market, islands, steps, &modes, None, hook)?;
     add_stats(stats, &sol);
     Ok(sol)
 }

@@ -16,7 +16,10 @@ pub mod scenario;
 pub mod settlement;
 pub mod study;
 pub mod units;
+pub mod validate;
 
-pub use clearing::{clear, clear_with, ClearError, ClearStats, Clearing, Method};
+pub use clearing::{
+    clear, clear_hooked, clear_with, ClearError, ClearStats, Clearing, Method, Phase, PhaseHook,
+};
 pub use model::{Market, MarketError, MarketSpec, Side};
 pub use settlement::{settle, Settlement};

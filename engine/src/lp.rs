@@ -14,8 +14,6 @@
 //! rounded half to even at its field's fixed scale by [`crate::units::round_at`]; `-0` becomes
 //! `0`. Quantities use [`QUANTITY_SCALE`], prices [`PRICE_SCALE`].
 
-use std::time::Instant;
-
 use good_lp::constraint::ConstraintReference;
 use good_lp::solvers::highs::{highs, HighsSolution};
 use good_lp::solvers::DualValues;
@@ -26,6 +24,7 @@ use good_lp::{
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
+use crate::clearing::{Phase, PhaseHook};
 use crate::model::{Direction, Market, Side};
 use crate::units::{round_at, PRICE_SCALE, QUANTITY_SCALE};
 
@@ -84,14 +83,11 @@ pub(crate) struct LpSolution {
     pub(crate) stats: LpStats,
 }
 
-/// What the solve cost.
+/// The solved LP's size (its timing is the caller's: [`PhaseHook`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LpStats {
     pub(crate) columns: usize,
     pub(crate) rows: usize,
-    pub(crate) build_s: f64,
-    pub(crate) solve_s: f64,
-    pub(crate) extract_s: f64,
 }
 
 /// Why the LP failed.
@@ -131,8 +127,9 @@ pub(crate) fn solve(
     steps: &[Step],
     modes: &[StepMode],
     node_slack_penalty: Option<Decimal>,
+    hook: &mut dyn PhaseHook,
 ) -> Result<LpSolution, LpError> {
-    let t0 = Instant::now();
+    hook.enter(Phase::Build);
     let n_nodes = market.node_ids().len();
     let lines = market.lines();
     let mut vars = ProblemVariables::new();
@@ -366,15 +363,13 @@ pub(crate) fn solve(
         dev_rows.push((r_up, r_down));
     }
     let rows = n_nodes + lines.len() + req_rows.len();
-    let build_s = t0.elapsed().as_secs_f64();
 
-    let t1 = Instant::now();
+    hook.enter(Phase::Solve);
     let mut solution: HighsSolution = problem
         .solve()
         .map_err(|e| LpError::Solver(e.to_string()))?;
-    let solve_s = t1.elapsed().as_secs_f64();
 
-    let t2 = Instant::now();
+    hook.enter(Phase::Extract);
     let mut step_accepted = Vec::with_capacity(steps.len());
     for ((s, &mode), v) in steps.iter().zip(modes).zip(&step_var) {
         step_accepted.push(match (mode, v) {
@@ -458,7 +453,7 @@ pub(crate) fn solve(
             Ok((g(u)?, g(d)?))
         })
         .collect::<Result<Vec<_>, LpError>>()?;
-    let extract_s = t2.elapsed().as_secs_f64();
+    hook.enter(Phase::Other);
 
     Ok(LpSolution {
         step_accepted,
@@ -470,12 +465,6 @@ pub(crate) fn solve(
         flex_requirement_accepted,
         flex_price,
         device_shadow,
-        stats: LpStats {
-            columns,
-            rows,
-            build_s,
-            solve_s,
-            extract_s,
-        },
+        stats: LpStats { columns, rows },
     })
 }

@@ -3,15 +3,17 @@
 //!
 //! **Architecture Invariant:** the clearing never sees a `MarketSpec`; `Market::new` is the only
 //! way to build a `Market`, and it refuses anything the solver could choke on (unknown nodes,
-//! zero reactance, negative or absurd quantities, duplicate ids, …), naming the offending record.
+//! zero reactance, negative or absurd quantities, duplicate ids, more records of a kind than its
+//! limit, …), naming the offending record. Its per-record checks are [`crate::validate`]'s, public
+//! so that a live market's intake makes exactly the same ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::units::{PRICE_ABS_MAX, PRICE_SCALE, QUANTITY_ABS_MAX, QUANTITY_SCALE};
+use crate::validate::{dup, Network};
 
 /// Most nodes in one network.
 pub const NODES_MAX: usize = 200_000;
@@ -19,8 +21,22 @@ pub const NODES_MAX: usize = 200_000;
 pub const LINES_MAX: usize = 400_000;
 /// Most energy orders in one interval (the benchmark clears 1,000,000).
 pub const ORDERS_PER_INTERVAL_MAX: usize = 4_000_000;
-/// Most blocks in one order's stepped curve.
-pub const BLOCKS_PER_ORDER_MAX: usize = 16;
+/// Most flexibility offers in one interval. Offers are not aggregated into steps as energy
+/// orders are: each block is an LP column per requirement covering its node, so the bound is a
+/// quarter of the energy orders'.
+pub const FLEX_OFFERS_PER_INTERVAL_MAX: usize = 1_000_000;
+/// Most flexibility requirements in one interval: each is an LP row, posted by the network
+/// operator per congested area, not per prosumer.
+pub const FLEX_REQUIREMENTS_PER_INTERVAL_MAX: usize = 10_000;
+/// Most devices in one network: one per prosumer, as many as a quarter of the orders.
+pub const DEVICES_MAX: usize = 1_000_000;
+/// Most grid connections (feeder heads, interconnectors) in one network; each adds two orders.
+pub const GRID_CONNECTIONS_MAX: usize = 1_000;
+/// Most blocks in one stepped curve: an energy order's, a flexibility offer's or a
+/// requirement's.
+pub const BLOCKS_PER_CURVE_MAX: usize = 16;
+/// Most blocks in one order's stepped curve (the name before flexibility curves shared it).
+pub const BLOCKS_PER_ORDER_MAX: usize = BLOCKS_PER_CURVE_MAX;
 /// Most nodes in one flexibility requirement's area.
 pub const FLEX_AREA_NODES_MAX: usize = 10_000;
 /// Most characters in any id.
@@ -269,7 +285,7 @@ pub enum MarketError {
         line: String,
     },
     /// A curve has no blocks or too many.
-    #[error("{record}: has {count} blocks (1 to {BLOCKS_PER_ORDER_MAX} allowed)")]
+    #[error("{record}: has {count} blocks (1 to {BLOCKS_PER_CURVE_MAX} allowed)")]
     BlockCount {
         /// The record.
         record: String,
@@ -277,10 +293,12 @@ pub enum MarketError {
         count: usize,
     },
     /// A collection is larger than its limit.
-    #[error("too many {what}: {count} (limit {limit})")]
+    #[error("too many {what}: {count} (limit {name} = {limit})")]
     TooMany {
         /// What.
         what: &'static str,
+        /// The limit's name, e.g. `FLEX_OFFERS_PER_INTERVAL_MAX`.
+        name: &'static str,
         /// How many.
         count: usize,
         /// The limit.
@@ -294,9 +312,9 @@ pub enum MarketError {
 /// A validated block: quantity and effective price at their fixed scales.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
-    /// Quantity, > 0, at [`QUANTITY_SCALE`].
+    /// Quantity, > 0, at [`QUANTITY_SCALE`](crate::units::QUANTITY_SCALE).
     pub quantity: Decimal,
-    /// Effective price at [`PRICE_SCALE`] (cap or floor for must-take blocks).
+    /// Effective price at [`PRICE_SCALE`](crate::units::PRICE_SCALE) (cap or floor for must-take blocks).
     pub price: Decimal,
     /// Whether this block was must-take.
     pub must_take: bool,
@@ -431,284 +449,68 @@ impl Market {
         Self::build(spec, true)
     }
 
+    /// [`Network::build`], then each record by its [`crate::validate`] check, then the checks
+    /// that span records (duplicate ids).
     fn build(spec: &MarketSpec, round: bool) -> Result<Market, MarketError> {
-        let num = Numbers { round };
-        if spec.interval_minutes == 0 || spec.interval_minutes > INTERVAL_MINUTES_MAX {
-            return Err(MarketError::Parameters(format!(
-                "interval_minutes {} outside 1..={INTERVAL_MINUTES_MAX}",
-                spec.interval_minutes
-            )));
-        }
-        let price_floor = num.price(
-            &|| "market".into(),
-            &|| "price_floor".into(),
-            spec.price_floor,
-        )?;
-        let price_cap = num.price(&|| "market".into(), &|| "price_cap".into(), spec.price_cap)?;
-        if price_floor >= price_cap {
-            return Err(MarketError::Parameters(format!(
-                "price_floor {price_floor} must be below price_cap {price_cap}"
-            )));
-        }
-        let line_violation_penalty = match spec.line_violation_penalty {
-            None => None,
-            Some(p) => {
-                let p = num.price(&|| "market".into(), &|| "line_violation_penalty".into(), p)?;
-                if p <= Decimal::ZERO {
-                    return Err(MarketError::Parameters(
-                        "line_violation_penalty must be positive".into(),
-                    ));
-                }
-                Some(p)
-            }
-        };
-        limit("nodes", spec.nodes.len(), NODES_MAX)?;
-        limit("lines", spec.lines.len(), LINES_MAX)?;
-        limit("orders", spec.orders.len(), ORDERS_PER_INTERVAL_MAX)?;
-
-        let mut node_index: HashMap<&str, usize> = HashMap::with_capacity(spec.nodes.len());
-        for (i, n) in spec.nodes.iter().enumerate() {
-            check_id("node", &n.id)?;
-            if node_index.insert(n.id.as_str(), i).is_some() {
-                return Err(dup("node", &n.id));
-            }
-        }
-        let node_of = |record: &dyn Fn() -> String, id: &str| -> Result<usize, MarketError> {
-            node_index
-                .get(id)
-                .copied()
-                .ok_or_else(|| MarketError::UnknownNode {
-                    record: record(),
-                    node: id.to_string(),
-                })
-        };
-
-        let mut lines = Vec::with_capacity(spec.lines.len());
-        let mut line_ids = std::collections::HashSet::with_capacity(spec.lines.len());
-        for l in &spec.lines {
-            check_id("line", &l.id)?;
-            if !line_ids.insert(l.id.as_str()) {
-                return Err(dup("line", &l.id));
-            }
-            let rec = || format!("line {:?}", l.id);
-            let from = node_of(&rec, &l.from)?;
-            let to = node_of(&rec, &l.to)?;
-            if from == to {
-                return Err(MarketError::SelfLoop { line: l.id.clone() });
-            }
-            if l.x.is_zero() {
-                return Err(MarketError::ZeroReactance { line: l.id.clone() });
-            }
-            if l.x.abs() > QUANTITY_ABS_MAX || l.x.abs() < Decimal::new(1, 12) {
-                return Err(MarketError::BadNumber {
-                    record: rec(),
-                    field: "x".into(),
-                    reason: format!("{} outside 1e-12..=1e8 in magnitude", l.x),
-                });
-            }
-            let capacity = match l.capacity {
-                None => None,
-                Some(c) => Some(num.quantity_nonneg(&rec, &|| "capacity".into(), c)?),
-            };
-            lines.push(Line {
-                id: l.id.clone(),
-                from,
-                to,
-                x: l.x.normalize(),
-                capacity,
-            });
-        }
-
-        let mut devices = Vec::with_capacity(spec.devices.len());
-        let mut device_index: HashMap<&str, usize> = HashMap::new();
-        for d in &spec.devices {
-            check_id("device", &d.id)?;
-            if device_index.insert(d.id.as_str(), devices.len()).is_some() {
-                return Err(dup("device", &d.id));
-            }
-            let rec = || format!("device {:?}", d.id);
-            let node = node_of(&rec, &d.node)?;
-            let capacity = num.quantity_nonneg(&rec, &|| "capacity".into(), d.capacity)?;
-            devices.push(Device {
-                id: d.id.clone(),
-                node,
-                capacity,
-            });
-        }
-        let device_of = |record: String, dev: &Option<String>, node: usize| match dev {
-            None => Ok(None),
-            Some(id) => match device_index.get(id.as_str()) {
-                None => Err(MarketError::BadDevice {
-                    record,
-                    reason: format!("unknown device {id:?}"),
-                }),
-                Some(&i) if devices[i].node != node => Err(MarketError::BadDevice {
-                    record,
-                    reason: format!("device {id:?} is at another node"),
-                }),
-                Some(&i) => Ok(Some(i)),
-            },
-        };
+        let net = Network::build(spec, round)?;
 
         let mut orders = Vec::with_capacity(spec.orders.len() + 2 * spec.grid_connections.len());
-        let mut order_ids: std::collections::HashSet<&str> =
-            std::collections::HashSet::with_capacity(spec.orders.len());
+        let mut order_ids: HashSet<&str> = HashSet::with_capacity(spec.orders.len());
         for o in &spec.orders {
-            check_id("order", &o.id)?;
+            let order = net.order(o)?;
             if !order_ids.insert(o.id.as_str()) {
                 return Err(dup("order", &o.id));
             }
-            let rec = || format!("order {:?}", o.id);
-            let node = node_of(&rec, &o.node)?;
-            let (cap_or_floor, _) = match o.side {
-                Side::Buy => (price_cap, ()),
-                Side::Sell => (price_floor, ()),
-            };
-            let blocks = num.blocks(&rec, &o.blocks, cap_or_floor, price_floor, price_cap)?;
-            let device = match &o.device {
-                None => None,
-                dev => device_of(rec(), dev, node)?,
-            };
-            if let Some(p) = &o.participant {
-                check_id("participant", p)?;
-            }
-            orders.push(Order {
-                id: o.id.clone(),
-                account: o.participant.clone().unwrap_or_else(|| o.id.clone()),
-                node,
-                side: o.side,
-                blocks,
-                device,
-                origin: OrderOrigin::Participant,
-            });
+            orders.push(order);
         }
         let participant_orders = orders.len();
-        let mut grid_ids = std::collections::HashSet::new();
+        let mut grid_ids = HashSet::new();
         let mut grid_connections = Vec::with_capacity(spec.grid_connections.len());
         for (gi, g) in spec.grid_connections.iter().enumerate() {
-            check_id("grid connection", &g.id)?;
+            let (valid, pair) = net.grid_connection(gi, g)?;
             if !grid_ids.insert(g.id.as_str()) {
                 return Err(dup("grid connection", &g.id));
             }
-            let rec = || format!("grid connection {:?}", g.id);
-            let node = node_of(&rec, &g.node)?;
-            let import_limit =
-                num.quantity_nonneg(&rec, &|| "import_limit".into(), g.import_limit)?;
-            let export_limit =
-                num.quantity_nonneg(&rec, &|| "export_limit".into(), g.export_limit)?;
-            let import_price = num.price(&rec, &|| "import_price".into(), g.import_price)?;
-            let export_price = num.price(&rec, &|| "export_price".into(), g.export_price)?;
-            if export_price > import_price {
-                return Err(MarketError::BadNumber {
-                    record: rec(),
-                    field: "export_price".into(),
-                    reason: format!("{export_price} is above import_price {import_price}"),
-                });
-            }
-            for (side, suffix, q, p) in [
-                (Side::Sell, "import", import_limit, import_price),
-                (Side::Buy, "export", export_limit, export_price),
-            ] {
-                let id = format!("{}/{suffix}", g.id);
-                if order_ids.contains(id.as_str()) {
-                    return Err(dup("order", &id));
+            for o in pair {
+                if order_ids.contains(o.id.as_str()) {
+                    return Err(dup("order", &o.id));
                 }
-                let blocks = if q.is_zero() {
-                    Vec::new()
-                } else {
-                    vec![Block {
-                        quantity: q,
-                        price: p,
-                        must_take: false,
-                    }]
-                };
-                orders.push(Order {
-                    id,
-                    account: format!("{GRID_ACCOUNT_PREFIX}{}", g.id),
-                    node,
-                    side,
-                    blocks,
-                    device: None,
-                    origin: OrderOrigin::Grid { connection: gi },
-                });
+                orders.push(o);
             }
-            grid_connections.push(GridConnectionSpec {
-                id: g.id.clone(),
-                node: g.node.clone(),
-                import_limit,
-                import_price,
-                export_limit,
-                export_price,
-            });
+            grid_connections.push(valid);
         }
 
         let mut flex_requirements = Vec::with_capacity(spec.flex_requirements.len());
-        let mut req_ids = std::collections::HashSet::new();
+        let mut req_ids = HashSet::new();
         for r in &spec.flex_requirements {
-            check_id("flex requirement", &r.id)?;
+            let req = net.flex_requirement(r)?;
             if !req_ids.insert(r.id.as_str()) {
                 return Err(dup("flex requirement", &r.id));
             }
-            let rec = || format!("flex requirement {:?}", r.id);
-            if r.nodes.is_empty() || r.nodes.len() > FLEX_AREA_NODES_MAX {
-                return Err(MarketError::Parameters(format!(
-                    "{}: area has {} nodes (1 to {FLEX_AREA_NODES_MAX} allowed)",
-                    rec(),
-                    r.nodes.len()
-                )));
-            }
-            let mut nodes = r
-                .nodes
-                .iter()
-                .map(|n| node_of(&rec, n))
-                .collect::<Result<Vec<_>, _>>()?;
-            nodes.sort_unstable();
-            nodes.dedup();
-            let blocks = num.blocks(&rec, &r.blocks, price_cap, price_floor, price_cap)?;
-            flex_requirements.push(FlexRequirement {
-                id: r.id.clone(),
-                account: r
-                    .buyer
-                    .clone()
-                    .unwrap_or_else(|| NETWORK_OPERATOR_ACCOUNT.to_string()),
-                nodes,
-                direction: r.direction,
-                blocks,
-            });
+            flex_requirements.push(req);
         }
         let mut flex_offers = Vec::with_capacity(spec.flex_offers.len());
-        let mut offer_ids = std::collections::HashSet::new();
+        let mut offer_ids = HashSet::new();
         for f in &spec.flex_offers {
-            check_id("flex offer", &f.id)?;
+            let offer = net.flex_offer(f)?;
             if !offer_ids.insert(f.id.as_str()) {
                 return Err(dup("flex offer", &f.id));
             }
-            let rec = || format!("flex offer {:?}", f.id);
-            let node = node_of(&rec, &f.node)?;
-            let blocks = num.blocks(&rec, &f.blocks, price_floor, price_floor, price_cap)?;
-            let device = device_of(rec(), &f.device, node)?;
-            flex_offers.push(FlexOffer {
-                id: f.id.clone(),
-                account: f.participant.clone().unwrap_or_else(|| f.id.clone()),
-                node,
-                direction: f.direction,
-                blocks,
-                device,
-            });
+            flex_offers.push(offer);
         }
 
         Ok(Market {
             spec_name: spec.name.clone(),
-            interval_minutes: spec.interval_minutes,
-            price_floor,
-            price_cap,
-            line_violation_penalty,
-            node_ids: spec.nodes.iter().map(|n| n.id.clone()).collect(),
-            lines,
+            interval_minutes: net.interval_minutes,
+            price_floor: net.price_floor,
+            price_cap: net.price_cap,
+            line_violation_penalty: net.line_violation_penalty,
+            node_ids: net.node_ids,
+            lines: net.lines,
             orders,
             participant_orders,
             grid_connections,
-            devices,
+            devices: net.devices,
             flex_requirements,
             flex_offers,
         })
@@ -765,151 +567,6 @@ impl Market {
     /// Flexibility offers.
     pub fn flex_offers(&self) -> &[FlexOffer] {
         &self.flex_offers
-    }
-}
-
-fn limit(what: &'static str, count: usize, limit: usize) -> Result<(), MarketError> {
-    if count > limit {
-        return Err(MarketError::TooMany { what, count, limit });
-    }
-    Ok(())
-}
-
-fn dup(kind: &'static str, id: &str) -> MarketError {
-    MarketError::DuplicateId {
-        kind,
-        id: id.to_string(),
-    }
-}
-
-fn check_id(kind: &'static str, id: &str) -> Result<(), MarketError> {
-    if id.is_empty() || id.chars().count() > ID_LEN_MAX || id.chars().any(char::is_control) {
-        return Err(MarketError::BadId {
-            kind,
-            id: id.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Scale checks for numbers, strict or rounding. Record and field names are built only when
-/// something is wrong (validation runs over millions of blocks).
-struct Numbers {
-    round: bool,
-}
-
-type Name<'a> = &'a dyn Fn() -> String;
-
-fn bad(record: Name<'_>, field: Name<'_>, reason: String) -> MarketError {
-    MarketError::BadNumber {
-        record: record(),
-        field: field(),
-        reason,
-    }
-}
-
-impl Numbers {
-    fn scaled(
-        &self,
-        record: Name<'_>,
-        field: Name<'_>,
-        v: Decimal,
-        scale: u32,
-    ) -> Result<Decimal, MarketError> {
-        if v.scale() > scale {
-            let n = v.normalize();
-            if n.scale() > scale && !self.round {
-                return Err(bad(
-                    record,
-                    field,
-                    format!("{v} has more than {scale} decimal places"),
-                ));
-            }
-            return Ok(crate::units::round_at(n, scale));
-        }
-        let mut d = v;
-        d.rescale(scale);
-        if d.is_zero() {
-            d.set_sign_positive(true);
-        }
-        Ok(d)
-    }
-
-    fn price(&self, record: Name<'_>, field: Name<'_>, p: Decimal) -> Result<Decimal, MarketError> {
-        if p.abs() > PRICE_ABS_MAX {
-            return Err(bad(
-                record,
-                field,
-                format!("{p} exceeds {PRICE_ABS_MAX} in magnitude"),
-            ));
-        }
-        self.scaled(record, field, p, PRICE_SCALE)
-    }
-
-    fn quantity_nonneg(
-        &self,
-        record: Name<'_>,
-        field: Name<'_>,
-        q: Decimal,
-    ) -> Result<Decimal, MarketError> {
-        if q.is_sign_negative() && !q.is_zero() {
-            return Err(bad(record, field, format!("{q} is negative")));
-        }
-        if q > QUANTITY_ABS_MAX {
-            return Err(bad(
-                record,
-                field,
-                format!("{q} exceeds {QUANTITY_ABS_MAX}"),
-            ));
-        }
-        self.scaled(record, field, q, QUANTITY_SCALE)
-    }
-
-    fn blocks(
-        &self,
-        record: Name<'_>,
-        blocks: &[BlockSpec],
-        must_take_price: Decimal,
-        floor: Decimal,
-        cap: Decimal,
-    ) -> Result<Vec<Block>, MarketError> {
-        if blocks.is_empty() || blocks.len() > BLOCKS_PER_ORDER_MAX {
-            return Err(MarketError::BlockCount {
-                record: record(),
-                count: blocks.len(),
-            });
-        }
-        blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let qfield = || format!("blocks[{i}].quantity");
-                let quantity = self.quantity_nonneg(record, &qfield, b.quantity)?;
-                if quantity.is_zero() {
-                    return Err(bad(record, &qfield, "is zero".into()));
-                }
-                let (price, must_take) = match b.price {
-                    None => (must_take_price, true),
-                    Some(p) => {
-                        let pfield = || format!("blocks[{i}].price");
-                        let p = self.price(record, &pfield, p)?;
-                        if p < floor || p > cap {
-                            return Err(bad(
-                                record,
-                                &pfield,
-                                format!("{p} outside the price floor {floor} and cap {cap}"),
-                            ));
-                        }
-                        (p, false)
-                    }
-                };
-                Ok(Block {
-                    quantity,
-                    price,
-                    must_take,
-                })
-            })
-            .collect()
     }
 }
 

@@ -1,10 +1,11 @@
 //! The study interchange format `nodal-auction-market/v1` → [`MarketSpec`], and
 //! [`Clearing`] → `nodal-auction-result/v1`.
 //!
-//! Input numbers are JSON numbers (binary floating point by the JSON spec's common reading);
-//! each is taken at its shortest round-trip decimal text, so `7.920951` is exactly 7.920951,
-//! then rounded to the fixed scales by [`Market::new_rounding`]. Output numbers are written
-//! as exact decimal text at their fixed scale.
+//! Input numbers are JSON numbers, usually written from binary floating point. Each is read as
+//! the exact decimal its text denotes, never through `f64` (for a file written from floats
+//! that text is the float's shortest round-trip decimal), so `7.920951` is exactly 7.920951;
+//! it is then rounded to the fixed scales by [`crate::Market::new_rounding`]. Output numbers
+//! are written as exact decimal text at their fixed scale.
 
 use std::collections::HashSet;
 
@@ -36,74 +37,126 @@ pub enum StudyError {
 }
 
 #[derive(Deserialize)]
-struct MarketIn {
+struct MarketIn<'a> {
     format: Option<String>,
     name: Option<String>,
-    nodes: Vec<IdIn>,
-    #[serde(default)]
-    lines: Vec<LineIn>,
-    #[serde(default)]
-    orders: Vec<OrderIn>,
+    #[serde(borrow)]
+    nodes: Vec<IdIn<'a>>,
+    #[serde(default, borrow)]
+    lines: Vec<LineIn<'a>>,
+    #[serde(default, borrow)]
+    orders: Vec<OrderIn<'a>>,
     #[serde(default)]
     interval_minutes: Option<u32>,
 }
 
 #[derive(Deserialize)]
-struct IdIn {
-    id: IdValue,
-}
-
-/// Ids are strings; a number is accepted and taken as its text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdValue {
-    S(String),
-    N(serde_json::Number),
-}
-
-impl IdValue {
-    fn text(self) -> String {
-        match self {
-            IdValue::S(s) => s,
-            IdValue::N(n) => n.to_string(),
-        }
-    }
+struct IdIn<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
 }
 
 #[derive(Deserialize)]
-struct LineIn {
-    id: IdValue,
-    from: IdValue,
-    to: IdValue,
-    x: f64,
-    capacity: Option<f64>,
+struct LineIn<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    from: &'a RawValue,
+    #[serde(borrow)]
+    to: &'a RawValue,
+    #[serde(borrow)]
+    x: &'a RawValue,
+    #[serde(default, borrow)]
+    capacity: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct OrderIn {
-    id: IdValue,
-    node: IdValue,
+struct OrderIn<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    node: &'a RawValue,
     side: Side,
-    blocks: Vec<BlockIn>,
+    #[serde(borrow)]
+    blocks: Vec<BlockIn<'a>>,
 }
 
 #[derive(Deserialize)]
-struct BlockIn {
-    quantity: f64,
-    price: f64,
+struct BlockIn<'a> {
+    #[serde(borrow)]
+    quantity: &'a RawValue,
+    #[serde(borrow)]
+    price: &'a RawValue,
 }
 
-/// A float from JSON as the decimal its shortest round-trip text denotes.
-fn decimal(record: &str, field: &str, x: f64) -> Result<Decimal, StudyError> {
-    if !x.is_finite() {
+/// Whether a JSON value's text is a number (serde_json has checked it is a JSON value).
+fn is_number(raw: &RawValue) -> bool {
+    raw.get()
+        .bytes()
+        .next()
+        .is_some_and(|b| b == b'-' || b.is_ascii_digit())
+}
+
+/// An id: a JSON string, or a number taken as its text.
+fn id_text(field: &str, raw: &RawValue) -> Result<String, StudyError> {
+    if is_number(raw) {
+        return Ok(raw.get().to_string());
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| StudyError::Record(format!("{field} {} is not a string or number", raw.get())))
+}
+
+/// Exponents beyond this are refused (a magnitude above `Decimal`'s 7.9e28) or, when negative,
+/// read as zero (a magnitude below 1e-28, which any fixed scale rounds to zero).
+const JSON_EXPONENT_ABS_MAX: i64 = 1000;
+
+/// A JSON number as the exact decimal its text denotes (never through binary floating point),
+/// rounded to 28 decimal places if it has more.
+fn decimal(record: &str, field: &str, raw: &RawValue) -> Result<Decimal, StudyError> {
+    let text = raw.get();
+    let out_of_range = || StudyError::Record(format!("{record}: {field} {text} is out of range"));
+    if !is_number(raw) {
         return Err(StudyError::Record(format!(
-            "{record}: {field} is not a finite number"
+            "{record}: {field} {text} is not a number"
         )));
     }
-    let text = format!("{x}");
-    text.parse::<Decimal>()
-        .or_else(|_| Decimal::from_scientific(&format!("{x:e}")))
-        .map_err(|_| StudyError::Record(format!("{record}: {field} {x} is out of range")))
+    let (mantissa, exp) = match text.find(['e', 'E']) {
+        None => (text, 0),
+        Some(k) => {
+            let e = text[k + 1..].strip_prefix('+').unwrap_or(&text[k + 1..]);
+            let e: i64 = match e.parse() {
+                Ok(e) if (-JSON_EXPONENT_ABS_MAX..=JSON_EXPONENT_ABS_MAX).contains(&e) => e,
+                Ok(e) if e < 0 => return Ok(Decimal::ZERO),
+                _ if e.starts_with('-') => return Ok(Decimal::ZERO),
+                _ => return Err(out_of_range()),
+            };
+            (&text[..k], e)
+        }
+    };
+    let (negative, digits) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    // Move the decimal point by the exponent, in text, then parse the plain decimal.
+    let all: String = [int, frac].concat();
+    let point = int.len() as i64 + exp;
+    let plain = if point <= 0 {
+        format!("0.{}{all}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= all.len() {
+        format!("{all}{}", "0".repeat(point as usize - all.len()))
+    } else {
+        format!("{}.{}", &all[..point as usize], &all[point as usize..])
+    };
+    let plain = plain.trim_start_matches('0');
+    let plain = if plain.is_empty() || plain.starts_with('.') {
+        format!("0{plain}")
+    } else {
+        plain.to_string()
+    };
+    let mut d = plain.parse::<Decimal>().map_err(|_| out_of_range())?;
+    d.set_sign_negative(negative && !d.is_zero());
+    Ok(d)
 }
 
 /// Parses a study market.
@@ -119,11 +172,11 @@ pub fn parse_market(json: &[u8]) -> Result<MarketSpec, StudyError> {
     let nodes: Vec<NodeSpec> = m
         .nodes
         .into_iter()
-        .map(|n| NodeSpec { id: n.id.text() })
-        .collect();
+        .map(|n| id_text("node id", n.id).map(|id| NodeSpec { id }))
+        .collect::<Result<_, _>>()?;
     let mut lines = Vec::with_capacity(m.lines.len());
     for l in m.lines {
-        let id = l.id.text();
+        let id = id_text("line id", l.id)?;
         let rec = format!("line {id:?}");
         let x = decimal(&rec, "x", l.x)?;
         let capacity = match l.capacity {
@@ -132,8 +185,8 @@ pub fn parse_market(json: &[u8]) -> Result<MarketSpec, StudyError> {
         };
         lines.push(LineSpec {
             id,
-            from: l.from.text(),
-            to: l.to.text(),
+            from: id_text(&format!("{rec}: from"), l.from)?,
+            to: id_text(&format!("{rec}: to"), l.to)?,
             x,
             capacity,
         });
@@ -141,7 +194,7 @@ pub fn parse_market(json: &[u8]) -> Result<MarketSpec, StudyError> {
     let mut orders = Vec::with_capacity(m.orders.len());
     let (mut lo, mut hi) = (Decimal::ZERO, Decimal::ZERO);
     for o in m.orders {
-        let id = o.id.text();
+        let id = id_text("order id", o.id)?;
         let rec = format!("order {id:?}");
         let mut blocks = Vec::with_capacity(o.blocks.len());
         for (i, b) in o.blocks.into_iter().enumerate() {
@@ -157,7 +210,7 @@ pub fn parse_market(json: &[u8]) -> Result<MarketSpec, StudyError> {
         orders.push(OrderSpec {
             id,
             participant: None,
-            node: o.node.text(),
+            node: id_text(&format!("{rec}: node"), o.node)?,
             side: o.side,
             blocks,
             device: None,
@@ -465,4 +518,64 @@ pub fn write_market(spec: &MarketSpec) -> Result<String, StudyError> {
     let mut s = serde_json::to_string_pretty(&out)?;
     s.push('\n');
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Market;
+    use rust_decimal_macros::dec;
+
+    fn one_block(quantity: &str, price: &str) -> Result<MarketSpec, StudyError> {
+        parse_market(
+            format!(
+                r#"{{"nodes": [{{"id": 1}}], "orders": [{{"id": "o", "node": 1, "side": "buy",
+                "blocks": [{{"quantity": {quantity}, "price": {price}}}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+    }
+
+    #[test]
+    fn numbers_are_read_as_their_exact_decimal_text() {
+        let q = |text: &str| one_block(text, "1").unwrap().orders[0].blocks[0].quantity;
+        assert_eq!(q("7.920951"), dec!(7.920951));
+        assert_eq!(q("1e-05"), dec!(0.00001));
+        assert_eq!(q("2.5E+3"), dec!(2500));
+        assert_eq!(q("-0.0"), Decimal::ZERO);
+        assert_eq!(q("1e-400"), Decimal::ZERO);
+        assert_eq!(q("0.000001e6"), dec!(1));
+        // Through f64 this is 2.0000015 (the nearest double's shortest text), which rounds
+        // half to even up to 2.000002; the exact decimal is below the midpoint.
+        assert_eq!(
+            q("2.0000014999999999999999"),
+            dec!(2.0000014999999999999999)
+        );
+        let m = Market::new_rounding(&one_block("2.0000014999999999999999", "1").unwrap());
+        assert_eq!(m.unwrap().orders()[0].blocks[0].quantity, dec!(2.000001));
+        let spec = one_block("1", "2").unwrap();
+        assert_eq!(spec.nodes[0].id, "1");
+        assert_eq!(spec.orders[0].node, "1");
+    }
+
+    #[test]
+    fn out_of_range_and_non_numbers_are_refused_naming_the_field() {
+        let e = one_block("1e400", "1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "order \"o\": blocks[0].quantity 1e400 is out of range"
+        );
+        let e = one_block("1", "1e29").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "order \"o\": blocks[0].price 1e29 is out of range"
+        );
+        let e = one_block("\"5\"", "1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "order \"o\": blocks[0].quantity \"5\" is not a number"
+        );
+        // JSON has no NaN or Infinity: those are not JSON at all.
+        assert!(matches!(one_block("NaN", "1"), Err(StudyError::Json(_))));
+    }
 }

@@ -611,3 +611,35 @@ fn two_node_teaching_scenario_matches_its_worked_comment() {
     let b = balances(&m, &c);
     assert_eq!(b["network-operator"], dec!(0.25));
 }
+
+#[test]
+fn clearing_announces_its_phases_to_the_caller_and_reads_no_clock() {
+    use baton_engine::{clear_hooked, Phase, PhaseHook};
+    struct Record(Vec<Phase>);
+    impl PhaseHook for Record {
+        fn enter(&mut self, phase: Phase) {
+            self.0.push(phase);
+        }
+    }
+    use Phase::{Build, Done, Extract, Other, Solve};
+    let m = single_node(
+        r#"{ id = "S", node = "N", side = "sell", blocks = [{ quantity = "10", price = "20" }] },
+           { id = "D", node = "N", side = "buy", blocks = [{ quantity = "5", price = "50" }] }"#,
+    );
+    let mut full = Record(Vec::new());
+    let (c, stats) = clear_hooked(&m, Method::Full, &mut full).unwrap();
+    assert_eq!(fill(&c, "D"), dec!(5));
+    assert_eq!(full.0, [Other, Build, Solve, Extract, Other, Done]);
+    assert_eq!(stats.rounds.len(), 1);
+    // The active set: one estimate LP, then rounds, each Build → Solve → Extract → Other.
+    let mut act = Record(Vec::new());
+    let (_, stats) = clear_hooked(&m, Method::ActiveSet { band: None }, &mut act).unwrap();
+    let lp = [Build, Solve, Extract, Other];
+    let mut expected = vec![Other];
+    for _ in 0..stats.lp_solves {
+        expected.extend(lp);
+    }
+    expected.push(Done);
+    assert_eq!(act.0, expected);
+    assert!(stats.lp_solves >= 2, "estimate and at least one round");
+}

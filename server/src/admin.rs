@@ -203,7 +203,10 @@ async fn install_network(
         "network loaded"
     );
     shared.index().network_seq = r.first_seq;
-    shared.lock().network = Some(Arc::new(spec));
+    shared
+        .lock()
+        .set_network(spec)
+        .map_err(|e| invalid("network", e.to_string()))?;
     Ok(r.first_seq)
 }
 

@@ -113,6 +113,30 @@ impl From<baton_ledger::LedgerError> for ServiceError {
     }
 }
 
+/// The engine's refusal of one order (`baton_engine::validate`), as the field at fault: intake
+/// checks one record, so the record's name is the request itself.
+impl From<baton_engine::MarketError> for ServiceError {
+    fn from(e: baton_engine::MarketError) -> Self {
+        use baton_engine::MarketError as M;
+        match e {
+            M::BadNumber { field, reason, .. } => invalid(field, reason),
+            M::UnknownNode { node, .. } => {
+                invalid("node", format!("{node:?} is not in the network"))
+            }
+            M::BadDevice { reason, .. } => invalid("device", reason),
+            M::BlockCount { count, .. } => invalid(
+                "blocks",
+                format!(
+                    "has {count} blocks (1 to {} allowed)",
+                    baton_engine::model::BLOCKS_PER_CURVE_MAX
+                ),
+            ),
+            M::BadId { kind, id } => invalid(kind, format!("{id:?} is not a valid id")),
+            other => invalid("order", other.to_string()),
+        }
+    }
+}
+
 /// Shorthand for an [`ServiceError::InvalidField`].
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ServiceError {
     ServiceError::InvalidField {

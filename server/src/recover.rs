@@ -2,7 +2,6 @@
 //! cache of it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use baton_engine::model::BlockSpec;
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
@@ -160,7 +159,11 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
             );
         }
         EntryKind::Network => match serde_json::from_slice::<MarketSpec>(body) {
-            Ok(spec) => st.network = Some(Arc::new(spec)),
+            Ok(spec) => {
+                if let Err(e) = st.set_network(spec) {
+                    tracing::warn!(seq, error = %e, "network entry refused by the engine");
+                }
+            }
             Err(e) => tracing::warn!(seq, error = %e, "network entry unreadable"),
         },
         EntryKind::Order => {

@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use baton_engine::model::{
-    BlockSpec, Direction, FlexOfferSpec, MarketSpec, OrderSpec, BLOCKS_PER_ORDER_MAX,
-};
+use baton_engine::model::{BlockSpec, Direction, FlexOfferSpec, MarketSpec, OrderSpec};
 use baton_engine::units::{PRICE_SCALE, QUANTITY_ABS_MAX, QUANTITY_SCALE};
-use baton_engine::Side;
+use baton_engine::validate::{self, RECORDS_PER_INTERVAL_MAX};
+use baton_engine::{MarketError, Side};
 use baton_ledger::SignedMessageBody;
 use baton_proto::v1 as pb;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -90,14 +89,7 @@ impl BookSpecs {
         for r in records {
             match r.product {
                 Product::Energy => b.orders.push(r.to_spec()),
-                Product::Flex(direction) => b.flex_offers.push(FlexOfferSpec {
-                    id: r.id.clone(),
-                    participant: Some(r.participant.clone()),
-                    node: r.node.clone(),
-                    direction,
-                    blocks: r.blocks.clone(),
-                    device: r.device.clone(),
-                }),
+                Product::Flex(direction) => b.flex_offers.push(r.to_flex_spec(direction)),
             }
         }
         b
@@ -130,6 +122,26 @@ impl OrderRecord {
             side: self.side,
             blocks: self.blocks.clone(),
             device: self.device.clone(),
+        }
+    }
+
+    pub(crate) fn to_flex_spec(&self, direction: Direction) -> FlexOfferSpec {
+        FlexOfferSpec {
+            id: self.id.clone(),
+            participant: Some(self.participant.clone()),
+            node: self.node.clone(),
+            direction,
+            blocks: self.blocks.clone(),
+            device: self.device.clone(),
+        }
+    }
+
+    /// The engine's own checks of the record as it will enter `Market::new` (through
+    /// [`BookSpecs::from_records`]), so intake accepts only what clearing accepts.
+    fn check(&self, network: &validate::Network) -> Result<(), MarketError> {
+        match self.product {
+            Product::Energy => network.order(&self.to_spec()).map(drop),
+            Product::Flex(direction) => network.flex_offer(&self.to_flex_spec(direction)).map(drop),
         }
     }
 
@@ -216,7 +228,10 @@ impl Timing {
 #[derive(Debug, Default)]
 pub(crate) struct MarketState {
     /// The loaded network (its `orders` are always empty; the books fill them at clearing).
+    /// Set with [`MarketState::set_network`].
     pub(crate) network: Option<Arc<MarketSpec>>,
+    /// The engine's validation of `network`: what intake checks each order with.
+    checks: Option<Arc<validate::Network>>,
     pub(crate) paused: bool,
     pub(crate) participants: HashMap<String, Participant>,
     /// Last nonce accepted (or reserved by an order in flight to the ledger) per participant.
@@ -341,6 +356,13 @@ pub(crate) fn preverify_order(
 }
 
 impl MarketState {
+    /// Installs a network with the engine's checks of it; refused as `Market::new` refuses it.
+    pub(crate) fn set_network(&mut self, spec: MarketSpec) -> Result<(), MarketError> {
+        self.checks = Some(Arc::new(validate::Network::new(&spec)?));
+        self.network = Some(Arc::new(spec));
+        Ok(())
+    }
+
     /// Verifies a participant's signature over `payload`, returning the participant.
     fn authenticate(
         &self,
@@ -443,7 +465,7 @@ impl MarketState {
         if !participant.active {
             return Err(ServiceError::Suspended(pid.to_string()));
         }
-        let network = self.network.as_ref().ok_or(ServiceError::NoNetwork)?;
+        let checks = self.checks.as_ref().ok_or(ServiceError::NoNetwork)?;
         if self.paused {
             return Err(ServiceError::Paused);
         }
@@ -453,12 +475,6 @@ impl MarketState {
                 participant: pid.to_string(),
                 node: order.node.clone(),
             });
-        }
-        if !network.nodes.iter().any(|n| n.id == order.node) {
-            return Err(invalid(
-                "node",
-                format!("{:?} is not in the network", order.node),
-            ));
         }
         self.check_open(timing, order.interval_start, now_ms)?;
         let side = match pb::Side::try_from(order.side) {
@@ -478,24 +494,14 @@ impl MarketState {
                 "flexibility is offered with SIDE_SELL (the network operator posts requirements)",
             ));
         }
-        if order.blocks.is_empty() || order.blocks.len() > BLOCKS_PER_ORDER_MAX {
-            return Err(invalid(
-                "blocks",
-                format!(
-                    "has {} blocks (1 to {BLOCKS_PER_ORDER_MAX} allowed)",
-                    order.blocks.len()
-                ),
-            ));
-        }
+        // The wire's spelling and the participant's capacity here; everything else (block
+        // count, signs, ranges, floor and cap, node, device) is the engine's check below.
         let mut blocks = Vec::with_capacity(order.blocks.len());
         for (i, b) in order.blocks.iter().enumerate() {
             let qf = format!("blocks[{i}].quantity");
             let q = parse_decimal(&qf, &b.quantity, QUANTITY_SCALE)?;
-            if q <= Decimal::ZERO {
-                return Err(invalid(qf, format!("{q} is not positive")));
-            }
             let cap = participant.capacity_kw.unwrap_or(QUANTITY_ABS_MAX);
-            if q > cap || q > QUANTITY_ABS_MAX {
+            if q > cap {
                 return Err(invalid(
                     qf,
                     format!("{q} exceeds the participant's capacity of {cap} kW"),
@@ -505,27 +511,26 @@ impl MarketState {
                 None
             } else {
                 let pf = format!("blocks[{i}].price");
-                let p = parse_decimal(&pf, &b.price, PRICE_SCALE)?;
-                if p < network.price_floor || p > network.price_cap {
-                    return Err(invalid(
-                        pf,
-                        format!(
-                            "{p} is outside the market's floor {} and cap {}",
-                            network.price_floor, network.price_cap
-                        ),
-                    ));
-                }
-                Some(p)
+                Some(parse_decimal(&pf, &b.price, PRICE_SCALE)?)
             };
             blocks.push(BlockSpec { quantity: q, price });
         }
-        if let Some(d) = &order.device {
-            match network.devices.iter().find(|x| &x.id == d) {
-                Some(dev) if dev.node == order.node => {}
-                Some(_) => return Err(invalid("device", format!("{d:?} is at another node"))),
-                None => return Err(invalid("device", format!("{d:?} is not in the network"))),
-            }
-        }
+        let id = order_id(pid, order.nonce);
+        let record = OrderRecord {
+            id: id.clone(),
+            participant: pid.to_string(),
+            interval_start: order.interval_start,
+            node: order.node.clone(),
+            side,
+            product,
+            blocks,
+            device: order.device.clone(),
+            status: OrderStatus::Open,
+            ledger_seq: 0,
+            accepted: Vec::new(),
+            accepted_total: None,
+        };
+        record.check(checks)?;
         let open = self.open_per_participant.get(pid).copied().unwrap_or(0);
         if open >= limits.open_orders_per_participant_max {
             return Err(ServiceError::Limit {
@@ -538,28 +543,16 @@ impl MarketState {
             .get(&order.interval_start)
             .copied()
             .unwrap_or(0);
-        if in_interval >= limits.orders_per_interval_max {
+        // The engine bounds each kind of record; counting both together keeps within both.
+        let interval_max = limits.orders_per_interval_max.min(RECORDS_PER_INTERVAL_MAX);
+        if in_interval >= interval_max {
             return Err(ServiceError::Limit {
                 what: "orders per interval",
-                limit: limits.orders_per_interval_max,
+                limit: interval_max,
             });
         }
-        let id = order_id(pid, order.nonce);
         Ok(ValidOrder {
-            record: OrderRecord {
-                id: id.clone(),
-                participant: pid.to_string(),
-                interval_start: order.interval_start,
-                node: order.node.clone(),
-                side,
-                product,
-                blocks,
-                device: order.device.clone(),
-                status: OrderStatus::Open,
-                ledger_seq: 0,
-                accepted: Vec::new(),
-                accepted_total: None,
-            },
+            record,
             nonce: order.nonce,
             signed: SignedMessageBody {
                 order_id: Some(id),

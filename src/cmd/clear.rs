@@ -1,10 +1,39 @@
 //! `baton clear`: one-shot offline clearing.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baton_engine::{clear_with, settle, study, Market, MarketSpec, Method};
+use baton_engine::{clear_hooked, settle, study, Market, MarketSpec, Method, Phase, PhaseHook};
+
+/// Times the clearing's phases with the wall clock: the engine reads no clock, it only says
+/// when each phase begins.
+#[derive(Default)]
+struct PhaseTimer {
+    current: Option<(Phase, Instant)>,
+    build: Duration,
+    solve: Duration,
+    extract: Duration,
+    other: Duration,
+}
+
+impl PhaseHook for PhaseTimer {
+    fn enter(&mut self, phase: Phase) {
+        let now = Instant::now();
+        if let Some((was, since)) = self.current.take() {
+            let spent = now.saturating_duration_since(since);
+            match was {
+                Phase::Build => self.build += spent,
+                Phase::Solve => self.solve += spent,
+                Phase::Extract => self.extract += spent,
+                Phase::Other | Phase::Done => self.other += spent,
+            }
+        }
+        if phase != Phase::Done {
+            self.current = Some((phase, now));
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub(crate) struct ClearArgs {
@@ -87,16 +116,17 @@ pub(crate) fn run(a: ClearArgs) -> Result<()> {
     }
     let (spec, market, rounding) = load_market(path)?;
     let t_load = t0.elapsed().as_secs_f64();
-    let (clearing, stats) = clear_with(&market, method).context("clearing failed")?;
+    let mut timer = PhaseTimer::default();
+    let (clearing, stats) = clear_hooked(&market, method, &mut timer).context("clearing failed")?;
     let settlement = settle(&market, &clearing);
     let total = t0.elapsed().as_secs_f64();
     let timing_json = serde_json::json!({
         "total": total,
         "load": t_load,
-        "build": stats.build_s,
-        "solve": stats.solve_s,
-        "extract": stats.extract_s,
-        "other": stats.other_s,
+        "build": timer.build.as_secs_f64(),
+        "solve": timer.solve.as_secs_f64(),
+        "extract": timer.extract.as_secs_f64(),
+        "other": timer.other.as_secs_f64(),
         "method": stats.method,
         "lp_solves": stats.lp_solves,
         "lp_columns": stats.lp_columns,
@@ -109,9 +139,9 @@ pub(crate) fn run(a: ClearArgs) -> Result<()> {
         stats.method,
         total,
         stats.lp_solves,
-        stats.solve_s,
-        stats.build_s,
-        stats.extract_s
+        timer.solve.as_secs_f64(),
+        timer.build.as_secs_f64(),
+        timer.extract.as_secs_f64()
     );
     let json = study::write_result(
         &clearing,
