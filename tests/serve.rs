@@ -721,7 +721,7 @@ fn spawn_serve_with(
         .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
         .args(["--intervals-ahead", "2", "--time-scale", time_scale])
         .args(["--open-orders-max", "1000000"])
-        .env("RUST_LOG", "warn,baton::server::scheduler=info")
+        .env("RUST_LOG", "warn,baton_server::scheduler=info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
