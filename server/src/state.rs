@@ -773,3 +773,6 @@ mod tests {
         assert_eq!(t.earliest_open(240_000), 600);
     }
 }
+
+#[cfg(test)]
+mod agree;
