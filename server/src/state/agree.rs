@@ -30,12 +30,27 @@ fn gen_order() -> impl Strategy<Value = Gen> {
     // the edges, over the scale, over the limits, negative, outside floor (-1) and cap (10).
     let node = prop::sample::select(vec!["A", "B", "Z"]);
     let q = prop::sample::select(vec![
-        "0", "-1", "5", "10", "10.5", "0.000001", "0.0000001", "100000000", "100000001",
+        "0",
+        "-1",
+        "5",
+        "10",
+        "10.5",
+        "0.000001",
+        "0.0000001",
+        "100000000",
+        "100000001",
     ]);
     let p = prop::option::weighted(
         0.85,
         prop::sample::select(vec![
-            "-2", "-1", "0", "0.12", "0.350000", "10", "10.01", "0.1234567",
+            "-2",
+            "-1",
+            "0",
+            "0.12",
+            "0.350000",
+            "10",
+            "10.01",
+            "0.1234567",
         ]),
     );
     let product = prop::sample::select(vec![
