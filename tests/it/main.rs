@@ -4,6 +4,8 @@
 //! clocks, temporary ledgers on both backends — is written once in `tests/support/`
 //! (`baton-test-support`, imported here as `support`), which the live bench uses too.
 
+mod admin_cli;
+mod agents;
 mod serve;
 mod tls;
 
