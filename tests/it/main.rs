@@ -6,6 +6,10 @@
 
 mod admin_cli;
 mod agents;
+mod audit_cli;
+mod cli;
+mod demo;
+mod report;
 mod serve;
 mod tls;
 
