@@ -9,6 +9,7 @@ mod agents;
 mod audit_cli;
 mod cli;
 mod demo;
+mod python_client;
 mod report;
 mod serve;
 mod tls;
