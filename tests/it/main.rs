@@ -8,6 +8,7 @@ mod admin_cli;
 mod agents;
 mod audit_cli;
 mod cli;
+mod client;
 mod demo;
 mod python_client;
 mod report;
