@@ -10,6 +10,7 @@ mod audit_cli;
 mod cli;
 mod client;
 mod demo;
+mod harness;
 mod python_client;
 mod report;
 mod serve;
