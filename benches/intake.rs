@@ -18,24 +18,19 @@
 //! Signing happens before the clock starts: a real client signs its own orders on its own CPU.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use baton_ledger::OperatorKey;
 use baton_proto::v1 as pb;
-use baton_server::{self as server, Limits, ScaledClock, ServerConfig};
-use ed25519_dalek::{Signer, SigningKey};
+use baton_server::Limits;
+use baton_test_support::{self as support, FEEDER, INTERVAL_S, T0};
+use ed25519_dalek::SigningKey;
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;
 use pb::market_service_client::MarketServiceClient;
-use prost::Message;
 use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-const INTERVAL_S: i64 = 300;
-const T0: i64 = 1_800_000_000 - 1_800_000_000 % INTERVAL_S;
-const OPERATOR_SEED: [u8; 32] = [7; 32];
-const FEEDER: &str = include_str!("../scenarios/ieee33-feeder.toml");
 /// Orders per paced tick per stream are sent together; the tick is this long.
 const PACE_TICK_MS: u64 = 5;
 
@@ -44,13 +39,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn wall_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -69,16 +57,7 @@ struct Admin {
 impl Admin {
     fn signed(&mut self, command: Command) -> pb::SignedAdminRequest {
         self.nonce += 1;
-        let request = pb::AdminRequest {
-            timestamp: wall_s(),
-            nonce: self.nonce,
-            command: Some(command),
-        }
-        .encode_to_vec();
-        let signature = OperatorKey::from_seed(&OPERATOR_SEED)
-            .sign(&request)
-            .to_vec();
-        pb::SignedAdminRequest { request, signature }
+        support::admin_request(self.nonce, command)
     }
 }
 
@@ -114,11 +93,7 @@ fn sign_orders(
             device: None,
             product: pb::Product::Energy as i32,
         };
-        let bytes = order.encode_to_vec();
-        out[i % streams].push(pb::SignedOrder {
-            signature: key.sign(&bytes).to_bytes().to_vec(),
-            order: bytes,
-        });
+        out[i % streams].push(support::sign_order(key, &order));
     }
     out
 }
@@ -221,36 +196,24 @@ fn main() {
     let streams = env_usize("BATON_BENCH_STREAMS", 4).max(1);
     let participants = env_usize("BATON_BENCH_PARTICIPANTS", 500).max(1);
     let rate = env_usize("BATON_BENCH_RATE", 20_000) as f64;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let db = support::TempLedger::sqlite();
 
     // The server on its own runtime, as in `baton serve`.
     let server_rt = tokio::runtime::Runtime::new().expect("server runtime");
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut config = ServerConfig::new(db, OperatorKey::from_seed(&OPERATOR_SEED));
+    let mut config = support::config(&db.url);
     // Market time stands just after T0 for the whole run: no gate closes by itself.
-    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, 0.0001));
-    config.intervals_ahead = 3;
+    config.clock = support::clock(0.0001);
     config.scenario = Some(FEEDER.to_string());
     config.limits = Limits {
         open_orders_per_participant_max: 2 * n / participants + 16,
         ..Limits::default()
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = server_rt.spawn(server::run(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut server = server_rt.block_on(support::Server::start(config));
+    let addr = server.addr;
 
     let rt = tokio::runtime::Runtime::new().expect("client runtime");
     rt.block_on(async move {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = support::connect(&addr.to_string()).await;
         let mut admin = Admin {
             client: AdminServiceClient::new(channel.clone()),
             nonce: 0,
@@ -331,6 +294,5 @@ fn main() {
             result.ledger_last_seq,
         );
     });
-    let _ = stop_tx.send(());
-    let _ = server_rt.block_on(server);
+    server_rt.block_on(server.stop());
 }

@@ -11,6 +11,7 @@ use baton_ledger::entry::{entry_hash, EntryKind};
 use baton_ledger::{
     Ledger, NewEntry, OperatorKey, ParticipantBody, ParticipantStatus, SignedMessageBody,
 };
+use baton_test_support as support;
 use ed25519_dalek::{Signer, SigningKey};
 
 const ORIGIN: &str = "bench.baton/ledger";
@@ -190,34 +191,11 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        run("sqlite", &url, entries, batch).await;
-
-        match std::env::var("BATON_TEST_POSTGRES_URL") {
-            Err(_) => println!("postgres: skipped (BATON_TEST_POSTGRES_URL unset)"),
-            Ok(base) => {
-                let schema = format!("bench_{}", hex::encode(rand::random::<[u8; 4]>()));
-                let admin = sqlx_exec(&base, &format!("CREATE SCHEMA {schema}")).await;
-                let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-                run("postgres", &url, entries, batch).await;
-                if admin {
-                    sqlx_exec(&base, &format!("DROP SCHEMA {schema} CASCADE")).await;
-                }
-            }
+        let sqlite = support::TempLedger::sqlite();
+        run("sqlite", &sqlite.url, entries, batch).await;
+        match support::TempLedger::postgres("the PostgreSQL ledger bench") {
+            None => println!("postgres: skipped (BATON_TEST_POSTGRES_URL unset or empty)"),
+            Some(pg) => run("postgres", &pg.url, entries, batch).await,
         }
     });
-}
-
-async fn sqlx_exec(url: &str, sql: &str) -> bool {
-    let Ok(pool) = sqlx::PgPool::connect(url).await else {
-        return false;
-    };
-    let ok = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&pool)
-        .await
-        .is_ok();
-    pool.close().await;
-    ok
 }

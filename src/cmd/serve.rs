@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Once listening, write the bound address to this file (for scripts and tests that
+    /// listen on port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 /// `--config` file keys: the flag names with underscores.
@@ -73,6 +77,7 @@ struct FileConfig {
     open_orders_max: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
@@ -148,16 +153,29 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
+    let ready_file = a.ready_file.or(f.ready_file);
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        // Printed for scripts and tests that bind port 0.
-        eprintln!("baton: listening on {}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        eprintln!("baton: listening on {addr}");
+        if let Some(p) = &ready_file {
+            write_ready_file(p, addr).with_context(|| format!("writing {}", p.display()))?;
+        }
         server::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Writes `ADDR\n` to `path` through a temporary file beside it and a rename, so a reader
+/// polling for the file never sees it half written.
+fn write_ready_file(path: &std::path::Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn shutdown_signal() {

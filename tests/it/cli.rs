@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(crate::BATON)
         .args(args)
         .output()
         .expect("runs baton")
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    support::repo().to_path_buf()
 }
 
 fn tmp(name: &str) -> PathBuf {

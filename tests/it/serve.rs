@@ -1,37 +1,22 @@
 //! `baton serve` end to end: a real server on 127.0.0.1:0, a real ledger database, a real tonic
 //! client over loopback, and an accelerated clock so gates close within seconds.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use baton_ledger::{EntryKind, Ledger, OperatorKey};
 use baton_proto::v1 as pb;
-use baton_server::{self as server, Limits, ScaledClock, ServerConfig};
+use baton_server::Limits;
 use ed25519_dalek::{Signer, SigningKey};
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::market_service_client::MarketServiceClient;
-use prost::Message;
+use support::{key, sign_order, TempLedger, INTERVAL_S, T0, TWO_NODE};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const OPERATOR_SEED: [u8; 32] = [7; 32];
-const INTERVAL_S: i64 = 300;
-const GATE_LEAD_S: i64 = 60;
-const TWO_NODE: &str = include_str!("../scenarios/two-node.toml");
 /// Real seconds a test waits for a result before failing.
 const RESULT_WAIT_S: u64 = 30;
-
-fn wall_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// An aligned market time well away from the real one (the market runs on its own clock).
-const T0: i64 = 1_800_000_000 - 1_800_000_000 % INTERVAL_S;
 
 struct Options {
     scenario: bool,
@@ -57,93 +42,55 @@ struct Harness {
     audit: AuditServiceClient<Channel>,
     admin_nonce: u64,
     db_url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+    channel: Channel,
+    server: support::Server,
 }
 
 async fn start(db_url: String, o: Options) -> Harness {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = ServerConfig::new(db_url.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
+    let mut config = support::config(&db_url);
     // One second into T0: the first open interval is T0 + 300, whose gate closes at T0 + 240.
-    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, o.scale));
-    config.gate_lead_s = GATE_LEAD_S;
-    config.intervals_ahead = 3;
+    config.clock = support::clock(o.scale);
     config.scenario = o.scenario.then(|| TWO_NODE.to_string());
     config.limits = Limits {
         open_orders_per_participant_max: o.open_orders_max,
         ..Limits::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, config, async move {
-        let _ = rx.await;
-    }));
-    let url = format!("http://{addr}");
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let server = support::Server::start(config).await;
+    let channel = server.connect().await;
     Harness {
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
-        audit: AuditServiceClient::new(channel),
+        audit: AuditServiceClient::new(channel.clone()),
         admin_nonce: 0,
         db_url,
-        stop: Some(tx),
-        task: Some(task),
+        channel,
+        server,
     }
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("baton.db").display())
+    support::sqlite_url(dir.path())
 }
 
 impl Harness {
     async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("server stops within 30 s")
-                .unwrap()
-                .unwrap();
-        }
+        self.server.stop().await;
     }
 
     fn admin_request(&mut self, command: Command) -> pb::SignedAdminRequest {
         self.admin_nonce += 1;
-        let request = pb::AdminRequest {
-            timestamp: wall_s(),
-            nonce: self.admin_nonce,
-            command: Some(command),
-        }
-        .encode_to_vec();
-        let signature = OperatorKey::from_seed(&OPERATOR_SEED)
-            .sign(&request)
-            .to_vec();
-        pb::SignedAdminRequest { request, signature }
+        support::admin_request(self.admin_nonce, command)
     }
 
     async fn register(&mut self, id: &str, key: &SigningKey, node: &str, capacity: &str) {
-        let r = self.admin_request(Command::RegisterParticipant(pb::RegisterParticipant {
-            participant_id: id.into(),
-            public_key_hex: hex::encode(key.verifying_key().to_bytes()),
-            node: node.into(),
-            roles: vec!["prosumer".into()],
-            capacity_kw: capacity.into(),
-        }));
+        let r = self.admin_request(support::register_command(id, key, node, capacity));
         let ack = self.admin.register_participant(r).await.unwrap();
         assert!(ack.get_ref().ledger_seq > 0);
     }
 
     async fn admin_call(&mut self, command: Command) -> Result<(), tonic::Status> {
-        let r = self.admin_request(command.clone());
-        match command {
-            Command::SuspendParticipant(_) => self.admin.suspend_participant(r).await.map(|_| ()),
-            Command::Pause(_) => self.admin.pause(r).await.map(|_| ()),
-            Command::Resume(_) => self.admin.resume(r).await.map(|_| ()),
-            Command::LoadScenario(_) => self.admin.load_scenario(r).await.map(|_| ()),
-            _ => panic!("not used by the tests"),
-        }
+        let r = self.admin_request(command);
+        support::send_admin(&self.channel, r).await
     }
 
     async fn submit(
@@ -158,30 +105,8 @@ impl Harness {
     }
 }
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn sign_order(key: &SigningKey, order: &pb::Order) -> pb::SignedOrder {
-    let bytes = order.encode_to_vec();
-    pb::SignedOrder {
-        signature: key.sign(&bytes).to_bytes().to_vec(),
-        order: bytes,
-    }
-}
-
 fn query(key: &SigningKey, participant: &str) -> pb::SignedRequest {
-    let request = pb::ParticipantQuery {
-        participant_id: participant.into(),
-        timestamp: wall_s(),
-        order_id: String::new(),
-        interval_start: 0,
-    }
-    .encode_to_vec();
-    pb::SignedRequest {
-        signature: key.sign(&request).to_bytes().to_vec(),
-        request,
-    }
+    support::query(key, participant, "")
 }
 
 fn order(
@@ -334,12 +259,7 @@ async fn end_to_end(db_url: String) {
         &root
     ));
     h.stop().await;
-    check_ledger(
-        &db_url,
-        1,
-        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
-    )
-    .await;
+    check_ledger(&db_url, 1, &support::operator().public_key()).await;
 }
 
 /// Every entry, paging through the ledger's read limit.
@@ -401,34 +321,16 @@ async fn check_ledger(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_clear_at_the_gate_and_the_ledger_reclears_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    end_to_end(sqlite_url(&dir)).await;
+    let db = TempLedger::sqlite();
+    end_to_end(db.url.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_clear_at_the_gate_and_the_ledger_reclears_on_postgres() {
-    let Ok(base) = std::env::var("BATON_TEST_POSTGRES_URL") else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: BATON_TEST_POSTGRES_URL unset \u{2014} the PostgreSQL serve test did not run"
-        );
+    let Some(db) = TempLedger::postgres("the PostgreSQL serve test") else {
         return;
     };
-    let schema = format!("serve_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("connect to postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    end_to_end(format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&pool)
-        .await;
-    pool.close().await;
+    end_to_end(db.url.clone()).await;
 }
 
 /// A server with alice at A and bob at B registered, nothing submitted.
@@ -672,103 +574,43 @@ async fn a_flexibility_offer_is_procured_and_paid_the_requirement_price() {
     );
     assert_eq!(fill.payment, "0.10");
     h.stop().await;
-    check_ledger(
-        &sqlite_url(&dir),
-        1,
-        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
-    )
-    .await;
+    check_ledger(&sqlite_url(&dir), 1, &support::operator().public_key()).await;
 }
 
-/// A `baton serve` child process and the address it printed.
-struct Child {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // A failed test must not leave a server running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_serve(dir: &std::path::Path) -> Child {
+fn spawn_serve(dir: &std::path::Path) -> support::ServeProcess {
     spawn_serve_with(dir, "20", None)
 }
 
-/// `baton serve` on two-node with one-minute intervals at `time_scale`; each stderr line
-/// containing `"gate closed; clearing"` is also sent to `clearing`.
+/// `baton serve` on two-node with one-minute intervals at `time_scale`; each stderr line is
+/// also sent to `lines`.
 fn spawn_serve_with(
     dir: &std::path::Path,
     time_scale: &str,
-    clearing: Option<std::sync::mpsc::Sender<String>>,
-) -> Child {
-    use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    lines: Option<std::sync::mpsc::Sender<String>>,
+) -> support::ServeProcess {
+    let mut serve = std::process::Command::new(crate::BATON);
+    serve
+        .arg("serve")
         .arg("--db")
-        .arg(format!("sqlite://{}", dir.join("baton.db").display()))
+        .arg(support::sqlite_url(dir))
         .arg("--operator-key")
         .arg(dir.join("operator.key"))
         .arg("--scenario")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scenarios/two-node.toml"
-        ))
+        .arg(support::scenario_path("two-node.toml"))
         // One-minute intervals at 20× real time: a gate closes every 3 real seconds.
         .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
         .args(["--intervals-ahead", "2", "--time-scale", time_scale])
         .args(["--open-orders-max", "1000000"])
-        .env("RUST_LOG", "warn,baton_server::scheduler=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("baton serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(a) = line.strip_prefix("baton: listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-            if let Some(c) = &clearing {
-                if line.contains("gate closed; clearing") {
-                    let _ = c.send(line.clone());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("baton serve prints its address");
-    Child { child, addr }
+        .env("RUST_LOG", "warn,baton_server::scheduler=info");
+    support::ServeProcess::spawn(serve, lines)
 }
 
 async fn connect(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    support::connect(addr).await
 }
 
 fn signed_admin(key: &OperatorKey, nonce: u64, command: Command) -> pb::SignedAdminRequest {
-    let request = pb::AdminRequest {
-        timestamp: wall_s(),
-        nonce,
-        command: Some(command),
-    }
-    .encode_to_vec();
-    pb::SignedAdminRequest {
-        signature: key.sign(&request).to_vec(),
-        request,
-    }
+    support::admin_request_by(key, nonce, command)
 }
 
 /// Polls the server's status (admin nonces above `nonce_floor`) until `interval` is cleared.
@@ -808,25 +650,10 @@ async fn register_alice(
         .register_participant(signed_admin(
             operator,
             1,
-            Command::RegisterParticipant(pb::RegisterParticipant {
-                participant_id: "alice".into(),
-                public_key_hex: hex::encode(alice.verifying_key().to_bytes()),
-                node: "A".into(),
-                roles: vec!["prosumer".into()],
-                capacity_kw: "50".into(),
-            }),
+            support::register_command("alice", alice, "A", "50"),
         ))
         .await
         .unwrap();
-}
-
-/// SIGTERM (a graceful stop), then waits for the child.
-fn terminate(c: &mut Child) {
-    let pid = c.child.id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    c.child.wait().unwrap();
 }
 
 /// SIGKILL during intake loses no acknowledged order and clears no interval twice.
@@ -866,17 +693,16 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
             }
         }
     }
-    c.child.kill().unwrap();
-    c.child.wait().unwrap();
+    c.kill();
     assert!(acked.len() > 20, "only {} orders acknowledged", acked.len());
 
     // Restart on the same ledger; wait until every acknowledged interval is cleared.
     let mut c = spawn_serve(dir.path());
     let last = acked.iter().map(|a| a.interval_start).max().unwrap();
     wait_until_cleared(&c.addr, &operator, 1, last).await;
-    terminate(&mut c);
+    c.terminate();
 
-    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let url = support::sqlite_url(dir.path());
     let ledger = Ledger::open_existing(&url).await.unwrap();
     let entries = all_entries(&ledger).await;
     ledger.close().await;
@@ -969,14 +795,13 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
         let line = clearing_rx
             .recv_timeout(Duration::from_secs(RESULT_WAIT_S))
             .expect("the scheduler clears the interval");
-        if line.contains(&needle) {
+        if line.contains("gate closed; clearing") && line.contains(&needle) {
             break;
         }
         assert!(std::time::Instant::now() < deadline);
     }
-    c.child.kill().unwrap();
-    c.child.wait().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    c.kill();
+    let url = support::sqlite_url(dir.path());
     let recorded_at_kill = {
         let ledger = Ledger::open_existing(&url).await.unwrap();
         let r = ledger.has_interval(target).await.unwrap();
@@ -987,7 +812,7 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
     // Restart: the interval whose gate closed while down is cleared (or was, before the kill).
     let mut c = spawn_serve_with(dir.path(), "10", None);
     wait_until_cleared(&c.addr, &operator, 2, target).await;
-    terminate(&mut c);
+    c.terminate();
 
     let ledger = Ledger::open_existing(&url).await.unwrap();
     let entries = all_entries(&ledger).await;

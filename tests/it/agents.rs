@@ -6,24 +6,17 @@
 //! seed on a fresh server records the very same intervals.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use baton_agents::runner::{Leg, NONCES_PER_INTERVAL};
 use baton_agents::{self as agents, Population, PopulationFile, Purpose, RunConfig, RunSummary};
 use baton_client::AdminKey;
 use baton_engine::model::Direction;
-use baton_ledger::{EntryKind, Ledger, OperatorKey};
-use baton_server::{self as server, ScaledClock, ServerConfig};
+use baton_ledger::{EntryKind, Ledger};
 use rust_decimal::Decimal;
+use support::{FEEDER, INTERVAL_S, OPERATOR_SEED, T0_MIDDAY as T0};
 
-const OPERATOR_SEED: [u8; 32] = [9; 32];
-const FEEDER: &str = include_str!("../scenarios/ieee33-feeder.toml");
-const POPULATION: &str = include_str!("../scenarios/ieee33-agents.toml");
-const INTERVAL_S: i64 = 300;
-/// 11:00 UTC on a day in 2027: the sun is up, so PV owners have a surplus to sell to their
-/// neighbours.
-const T0: i64 = 1_800_000_000 - 1_800_000_000 % 86_400 + 11 * 3600;
+const POPULATION: &str = include_str!("../../scenarios/ieee33-agents.toml");
 /// Market seconds per real second: an interval lasts 7.5 s, the first gate (T0 + 240) is 6 s
 /// after the server starts — ample for registering 30 agents and sending their orders.
 const SCALE: f64 = 40.0;
@@ -48,28 +41,20 @@ struct Run {
     initial: Population,
     last: Population,
     db_url: String,
-    _dir: tempfile::TempDir,
+    _db: support::TempLedger,
 }
 
 /// Starts a fresh server, registers the population, trades `INTERVALS` intervals from
 /// T0 + 300 on, stops the server.
 async fn run_once() -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("baton.db").display());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = ServerConfig::new(db_url.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
-    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, SCALE));
-    config.gate_lead_s = 60;
-    config.intervals_ahead = 3;
+    let db = support::TempLedger::sqlite();
+    let db_url = db.url.clone();
+    // 11:00 UTC: the sun is up, so PV owners have a surplus to sell to their neighbours.
+    let mut config = support::config(&db_url);
+    config.clock = support::clock_from(T0, SCALE);
     config.scenario = Some(FEEDER.to_string());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    let channel = baton_client::connect(&format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut server = support::Server::start(config).await;
+    let channel = baton_client::connect(&server.url()).await.unwrap();
     let initial = population();
     let mut pop = initial.clone();
     let added = agents::register(channel.clone(), AdminKey::from_seed(&OPERATOR_SEED), &pop)
@@ -99,18 +84,13 @@ async fn run_once() -> Run {
     for l in &lines {
         eprintln!("{l}");
     }
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     Run {
         summary,
         initial,
         last: pop,
         db_url,
-        _dir: dir,
+        _db: db,
     }
 }
 
@@ -265,56 +245,29 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
     assert_eq!(ledger, again, "same seed, same recorded intervals");
 }
 
-/// A `baton serve` child process on the feeder, 60× real time; killed on drop.
+/// A `baton serve` child process on the feeder, 60× real time (killed on drop), and its
+/// directory.
 struct Serve {
-    child: std::process::Child,
-    addr: String,
+    process: support::ServeProcess,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn_serve() -> Serve {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--time-scale", "60"])
+    let mut serve = std::process::Command::new(crate::BATON);
+    serve
+        .args(["serve", "--time-scale", "60"])
         .arg("--db")
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("baton.db").display()
-        ))
+        .arg(support::sqlite_url(dir.path()))
         .arg("--operator-key")
         .arg(dir.path().join("operator.key"))
         .arg("--scenario")
-        .arg(root.join("scenarios/ieee33-feeder.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("baton serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(a) = line.strip_prefix("baton: listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("baton serve prints its address");
-    Serve { child, addr, dir }
+        .arg(support::scenario_path("ieee33-feeder.toml"))
+        .env("RUST_LOG", "warn");
+    Serve {
+        process: support::ServeProcess::spawn(serve, None),
+        dir,
+    }
 }
 
 /// The operator's path with the binaries alone: `baton agents --write-participants` writes
@@ -323,9 +276,8 @@ fn spawn_serve() -> Serve {
 /// interval and no refusal.
 #[test]
 fn the_cli_writes_the_csv_the_operator_imports_and_trades() {
-    let baton = || std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let population = root.join("scenarios/ieee33-agents.toml");
+    let baton = || std::process::Command::new(crate::BATON);
+    let population = support::scenario_path("ieee33-agents.toml");
     let serve = spawn_serve();
     let csv = serve.dir.path().join("participants.csv");
     let out = baton()
@@ -350,7 +302,7 @@ fn the_cli_writes_the_csv_the_operator_imports_and_trades() {
     assert_eq!(text, population_of(SEED).participants_csv());
     assert_eq!(text.lines().count(), AGENTS + 1);
 
-    let url = format!("http://{}", serve.addr);
+    let url = serve.process.url();
     let out = baton()
         .args(["admin", "--server", &url, "--operator-key"])
         .arg(serve.dir.path().join("operator.key"))

@@ -14,19 +14,14 @@ use baton_client::{
     Decimal, FlexDirection, FlexRequirement, MarketClient, NewOrder, NewParticipant,
     ParticipantKey, PublicClient,
 };
-use baton_ledger::{EntryKind, Ledger, OperatorKey, SignedMessageBody};
-use baton_server::{self as server, ScaledClock, ServerConfig};
+use baton_ledger::{EntryKind, Ledger, SignedMessageBody};
 use prost::Message;
+use support::{INTERVAL_S, OPERATOR_SEED, T0, TWO_NODE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
-const OPERATOR_SEED: [u8; 32] = [7; 32];
-const INTERVAL_S: i64 = 300;
-/// An aligned market instant away from the real one: the market runs on its own clock.
-const T0: i64 = 1_800_000_000 - 1_800_000_000 % INTERVAL_S;
 /// The first interval open for orders: the server starts one second into T0.
 const OPEN: i64 = T0 + INTERVAL_S;
-const TWO_NODE: &str = include_str!("../../../scenarios/two-node.toml");
 /// Real seconds a test waits for a stream message before failing.
 const WAIT_S: u64 = 30;
 
@@ -38,47 +33,27 @@ struct Server {
     addr: SocketAddr,
     channel: baton_client::Channel,
     db_url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+    server: support::Server,
 }
 
 /// Starts a server on the ledger in `dir`, the market clock one second into T0 running
 /// `scale` times faster than real time.
 async fn start(dir: &tempfile::TempDir, scale: f64) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("baton.db").display());
-    let mut config = ServerConfig::new(db_url.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
-    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, scale));
-    config.gate_lead_s = 60;
-    config.intervals_ahead = 3;
-    config.scenario = Some(TWO_NODE.to_string());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, config, async move {
-        let _ = rx.await;
-    }));
-    let channel = connect(&format!("http://{addr}")).await.unwrap();
+    let mut config = support::config(&support::sqlite_url(dir.path()));
+    config.clock = support::clock(scale);
+    let server = support::Server::start(config).await;
+    let channel = connect(&server.url()).await.unwrap();
     Server {
-        addr,
+        addr: server.addr,
         channel,
-        db_url,
-        stop: Some(tx),
-        task: Some(task),
+        db_url: server.db_url.clone(),
+        server,
     }
 }
 
 impl Server {
     async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("the server stops within 30 s")
-                .unwrap()
-                .unwrap();
-        }
+        self.server.stop().await;
     }
 
     fn admin(&self) -> AdminClient {
@@ -544,19 +519,7 @@ async fn participants_and_intervals_are_listed_and_their_summaries_survive_a_res
 
 /// An admin request signed with an explicit nonce, so a test can replay its exact bytes.
 fn admin_request(nonce: u64, command: pb::admin_request::Command) -> pb::SignedAdminRequest {
-    let request = pb::AdminRequest {
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64,
-        nonce,
-        command: Some(command),
-    }
-    .encode_to_vec();
-    pb::SignedAdminRequest {
-        signature: AdminKey::from_seed(&OPERATOR_SEED).sign(&request).to_vec(),
-        request,
-    }
+    support::admin_request(nonce, command)
 }
 
 /// Sends a signed admin request to the RPC its command names.
@@ -564,23 +527,7 @@ async fn send_admin(
     channel: &baton_client::Channel,
     r: pb::SignedAdminRequest,
 ) -> Result<(), tonic::Status> {
-    use pb::admin_request::Command as C;
-    let mut c = pb::admin_service_client::AdminServiceClient::new(channel.clone());
-    let cmd = pb::AdminRequest::decode(r.request.as_slice())
-        .unwrap()
-        .command
-        .unwrap();
-    match cmd {
-        C::RegisterParticipant(_) => c.register_participant(r).await.map(|_| ()),
-        C::SuspendParticipant(_) => c.suspend_participant(r).await.map(|_| ()),
-        C::LoadScenario(_) => c.load_scenario(r).await.map(|_| ()),
-        C::SetGridPrices(_) => c.set_grid_prices(r).await.map(|_| ()),
-        C::PostFlexRequirement(_) => c.post_flex_requirement(r).await.map(|_| ()),
-        C::Pause(_) => c.pause(r).await.map(|_| ()),
-        C::Resume(_) => c.resume(r).await.map(|_| ()),
-        C::ClearNow(_) => c.clear_now(r).await.map(|_| ()),
-        other => panic!("not a mutating command: {other:?}"),
-    }
+    support::send_admin(channel, r).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,36 +4,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use baton_client::{pb, BlockSpec, Decimal, MarketClient, NewOrder, ParticipantKey};
 use serde_json::Value;
 
-/// A `baton serve` child and the address it printed; killed on drop so a failed test never
-/// leaves a server running.
+/// A `baton serve` child (killed on drop, so a failed test never leaves a server running) and
+/// the directory holding its ledger and keys.
 struct Serve {
-    child: std::process::Child,
-    addr: String,
+    process: support::ServeProcess,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn_serve() -> Serve {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let mut serve = Command::new(crate::BATON);
+    serve
+        .arg("serve")
         .arg("--db")
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("baton.db").display()
-        ))
+        .arg(support::sqlite_url(dir.path()))
         // A missing key is generated (with its .pub) where the operator will read it.
         .arg("--operator-key")
         .arg(dir.path().join("keys").join("operator.key"))
@@ -41,37 +29,20 @@ fn spawn_serve() -> Serve {
         .arg(scenario())
         // Twice real time: gates may close while the test runs, and it must not matter.
         .args(["--time-scale", "2"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("baton serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(a) = line.strip_prefix("baton: listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("baton serve prints its address");
-    Serve { child, addr, dir }
+        .env("RUST_LOG", "warn");
+    Serve {
+        process: support::ServeProcess::spawn(serve, None),
+        dir,
+    }
 }
 
 fn scenario() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/two-node.toml")
+    support::scenario_path("two-node.toml")
 }
 
 impl Serve {
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.process.url()
     }
 
     fn key(&self) -> PathBuf {
@@ -103,7 +74,7 @@ impl Serve {
 }
 
 fn admin(url: &str, key: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(crate::BATON)
         .args(["admin", "--server", url, "--operator-key"])
         .arg(key)
         .args(args)

@@ -12,7 +12,7 @@ const DEMO_INTERVALS: &str = "3";
 fn the_demo_trades_audits_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = Command::new(crate::BATON)
         .args([
             "demo",
             "--prosumers",
@@ -51,7 +51,7 @@ fn the_demo_trades_audits_and_writes_its_report() {
     assert!(html.contains("<svg"), "the report draws its heat map");
     // The ledger verifies on its own, with the public key the demo wrote.
     let db = format!("sqlite://{}", demo_dir.join("baton.db").display());
-    let verify = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let verify = Command::new(crate::BATON)
         .args(["audit", "verify", "--db", &db, "--operator-pubkey"])
         .arg(demo_dir.join("operator.pub"))
         .output()
@@ -62,7 +62,7 @@ fn the_demo_trades_audits_and_writes_its_report() {
         String::from_utf8_lossy(&verify.stderr)
     );
     // A second run into the same directory refuses rather than mixing two ledgers.
-    let again = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let again = Command::new(crate::BATON)
         .args(["demo", "--intervals", "1", "--dir"])
         .arg(&demo_dir)
         .output()

@@ -12,28 +12,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use baton_ledger::{EntryKind, Ledger, OperatorKey, SignedMessageBody};
+use baton_ledger::{EntryKind, Ledger, SignedMessageBody};
 use baton_proto::v1 as pb;
-use baton_server::{self as server, ScaledClock, ServerConfig};
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signature, SigningKey};
 use pb::admin_request::Command;
 use pb::admin_service_client::AdminServiceClient;
 use pb::market_service_client::MarketServiceClient;
 use prost::Message;
 use rust_decimal::Decimal;
+use support::{INTERVAL_S, T0};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const OPERATOR_SEED: [u8; 32] = [7; 32];
 const PARTICIPANT_SEED: [u8; 32] = [11; 32];
 const PARTICIPANT: &str = "py-alice";
-const INTERVAL_S: i64 = 300;
-const TWO_NODE: &str = include_str!("../scenarios/two-node.toml");
-/// An aligned market time well away from the real one (the market runs on its own clock).
-const T0: i64 = 1_800_000_000 - 1_800_000_000 % INTERVAL_S;
 /// The interval the script trades in: the first open one, whose gate (T0 + 240) is four real
 /// minutes away at 1× time, so only `ClearNow` closes it during the test.
 const INTERVAL: i64 = T0 + INTERVAL_S;
@@ -45,15 +40,8 @@ const SCRIPT_WAIT_S: u64 = 60;
 /// What the script is told to wait for its fills; longer than the test waits for it.
 const WATCH_S: u64 = 90;
 
-fn wall_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    support::repo()
 }
 
 /// The Python interpreter if it has the client's modules. Otherwise: a loud skip (returns
@@ -94,65 +82,30 @@ struct Harness {
     market: MarketServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
     admin_nonce: u64,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+    server: support::Server,
 }
 
 async fn start(dir: &Path) -> Harness {
-    let db_url = format!("sqlite://{}", dir.join("baton.db").display());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let mut config = ServerConfig::new(db_url.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
-    config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, 1.0));
-    config.gate_lead_s = 60;
-    config.intervals_ahead = 3;
-    config.scenario = Some(TWO_NODE.to_string());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, config, async move {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let server = support::Server::start(support::config(&support::sqlite_url(dir))).await;
+    let channel = server.connect().await;
     Harness {
-        addr,
-        db_url,
+        addr: server.addr.to_string(),
+        db_url: server.db_url.clone(),
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel),
         admin_nonce: 0,
-        stop: Some(tx),
-        task: Some(task),
+        server,
     }
 }
 
 impl Harness {
     fn admin_request(&mut self, command: Command) -> pb::SignedAdminRequest {
         self.admin_nonce += 1;
-        let request = pb::AdminRequest {
-            timestamp: wall_s(),
-            nonce: self.admin_nonce,
-            command: Some(command),
-        }
-        .encode_to_vec();
-        let signature = OperatorKey::from_seed(&OPERATOR_SEED)
-            .sign(&request)
-            .to_vec();
-        pb::SignedAdminRequest { request, signature }
+        support::admin_request(self.admin_nonce, command)
     }
 
     async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("server stops within 30 s")
-                .unwrap()
-                .unwrap();
-        }
+        self.server.stop().await;
     }
 }
 
@@ -276,17 +229,7 @@ where
 }
 
 fn query(key: &SigningKey, order_id: &str) -> pb::SignedRequest {
-    let request = pb::ParticipantQuery {
-        participant_id: PARTICIPANT.into(),
-        timestamp: wall_s(),
-        order_id: order_id.into(),
-        interval_start: 0,
-    }
-    .encode_to_vec();
-    pb::SignedRequest {
-        signature: key.sign(&request).to_bytes().to_vec(),
-        request,
-    }
+    support::query(key, PARTICIPANT, order_id)
 }
 
 fn blocks(spec: &str) -> Vec<pb::Block> {
@@ -515,12 +458,8 @@ async fn the_python_example_signs_orders_the_ledger_records_and_sees_its_fills()
         .collect();
     assert!(nonces.windows(2).all(|w| w[0] < w[1]), "{nonces:?}");
     // The regulator's offline audit re-verifies all four Python signatures.
-    let report = baton_ledger::audit::verify(
-        &h.db_url,
-        &OperatorKey::from_seed(&OPERATOR_SEED).public_key(),
-        None,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
+    let report = baton_ledger::audit::verify(&h.db_url, &support::operator().public_key(), None)
+        .await
+        .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
     assert_eq!(report.participant_signatures, 4);
 }

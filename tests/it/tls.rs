@@ -1,12 +1,10 @@
 //! `baton serve` over TLS: a real rustls server on 127.0.0.1:0 with a certificate generated for
 //! the test, a client that trusts only that certificate, and a plaintext client that fails.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use baton_ledger::OperatorKey;
 use baton_proto::v1 as pb;
-use baton_server::{self as server, ServerConfig, TlsIdentity};
+use baton_server::TlsIdentity;
 use pb::market_service_client::MarketServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Code;
@@ -16,21 +14,14 @@ async fn the_market_serves_over_tls_and_refuses_plaintext() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let cert_pem = cert.cert.pem();
     let key_pem = cert.signing_key.serialize_pem();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("baton.db").display());
-    let mut config = ServerConfig::new(db, OperatorKey::from_seed(&[7; 32]));
-    config.scenario = Some(include_str!("../scenarios/two-node.toml").to_string());
-    config.clock = Arc::new(server::ScaledClock::new(1_800_000_000_000, 1.0));
+    let db = support::TempLedger::sqlite();
+    let mut config = support::config(&db.url);
     config.tls = Some(TlsIdentity {
         cert_pem: cert_pem.clone().into_bytes(),
         key_pem: key_pem.into_bytes(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut server = support::Server::start(config).await;
+    let addr = server.addr;
 
     // A client that trusts the server's certificate gets a real answer (no result yet).
     let tls = ClientTlsConfig::new()
@@ -45,7 +36,7 @@ async fn the_market_serves_over_tls_and_refuses_plaintext() {
         .expect("a TLS connection with the trusted certificate");
     let err = MarketServiceClient::new(channel)
         .get_interval_result(pb::GetIntervalResultRequest {
-            interval_start: 1_800_000_000,
+            interval_start: support::T0,
         })
         .await
         .unwrap_err();
@@ -71,7 +62,7 @@ async fn the_market_serves_over_tls_and_refuses_plaintext() {
     if let Ok(ch) = plain {
         let r = MarketServiceClient::new(ch)
             .get_interval_result(pb::GetIntervalResultRequest {
-                interval_start: 1_800_000_000,
+                interval_start: support::T0,
             })
             .await;
         let e = r.expect_err("plaintext gRPC to a TLS server fails");
@@ -88,10 +79,5 @@ async fn the_market_serves_over_tls_and_refuses_plaintext() {
         .await;
     assert!(untrusted.is_err(), "an untrusted certificate is refused");
 
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }

@@ -4,14 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use baton_audit::summary::{self as report, IntervalStatus, Report};
 use rust_decimal::Decimal;
 
 fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(crate::BATON)
         .args(args)
         .output()
         .expect("runs baton")
@@ -32,14 +31,11 @@ fn d(s: &str) -> Decimal {
 }
 
 fn scenario_text(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(name);
-    std::fs::read_to_string(p).unwrap()
+    std::fs::read_to_string(support::scenario_path(name)).unwrap()
 }
 
 /// 2027-01-15 08:00 UTC, and the next interval.
-const T1: i64 = 1_800_000_000;
+const T1: i64 = support::T0;
 const T2: i64 = T1 + 300;
 
 /// A ledger in `dir` with `scenario` (TOML text) cleared at each of `starts`; its URL and the
@@ -396,37 +392,19 @@ mod live {
     //! `interval_not_cleared` event it records when the engine refuses a book.
 
     use super::*;
-    use baton_ledger::{EntryKind, Ledger, NewEntry, OperatorKey};
+    use baton_ledger::{EntryKind, Ledger, NewEntry};
     use baton_proto::v1 as pb;
-    use baton_server::{self as server, ScaledClock, ServerConfig};
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
     use pb::admin_request::Command as AdminCommand;
     use pb::admin_service_client::AdminServiceClient;
     use pb::market_service_client::MarketServiceClient;
-    use prost::Message;
-    use tonic::transport::Channel;
+    use support::{INTERVAL_S, T0};
 
-    const OPERATOR_SEED: [u8; 32] = [7; 32];
-    const INTERVAL_S: i64 = 300;
-    const T0: i64 = 1_800_000_000;
     /// Real seconds to wait for the first gate.
     const RESULT_WAIT_S: u64 = 30;
 
     fn admin(nonce: u64, command: AdminCommand) -> pb::SignedAdminRequest {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let request = pb::AdminRequest {
-            timestamp: wall,
-            nonce,
-            command: Some(command),
-        }
-        .encode_to_vec();
-        let signature = OperatorKey::from_seed(&OPERATOR_SEED)
-            .sign(&request)
-            .to_vec();
-        pb::SignedAdminRequest { request, signature }
+        support::admin_request(nonce, command)
     }
 
     fn signed(
@@ -451,12 +429,8 @@ mod live {
                 .collect(),
             device: None,
             product: pb::Product::Energy as i32,
-        }
-        .encode_to_vec();
-        pb::SignedOrder {
-            signature: key.sign(&order).to_bytes().to_vec(),
-            order,
-        }
+        };
+        support::sign_order(key, &order)
     }
 
     /// Alice sells 40 kW at A, Bob buys 50 + 20 kW at B; the gate of T0 + 300 closes about
@@ -465,30 +439,16 @@ mod live {
     /// B. Then an `interval_not_cleared` event is recorded for a later interval.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn live_market_intervals_and_refused_books_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("live.db").display());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::new(db.clone(), OperatorKey::from_seed(&OPERATOR_SEED));
-        config.clock = Arc::new(ScaledClock::new((T0 + 1) * 1000, 60.0));
-        config.gate_lead_s = 60;
-        config.intervals_ahead = 3;
+        let live = support::TempLedger::sqlite();
+        let db = live.url.clone();
+        let mut config = support::config(&db);
+        config.clock = support::clock(60.0);
         config.scenario = Some(scenario_text("two-node.toml"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut server = support::Server::start(config).await;
+        let channel = server.connect().await;
         let mut market = MarketServiceClient::new(channel.clone());
         let mut admin_client = AdminServiceClient::new(channel);
-        let (alice, bob) = (
-            SigningKey::from_bytes(&[1; 32]),
-            SigningKey::from_bytes(&[2; 32]),
-        );
+        let (alice, bob) = (support::key(1), support::key(2));
         for (nonce, (id, key, node, cap)) in
             [("alice", &alice, "A", "50"), ("bob", &bob, "B", "100")]
                 .into_iter()
@@ -537,19 +497,14 @@ mod live {
             .unwrap()
             .expect("a result");
         assert_eq!(result.interval_start, T0 + INTERVAL_S);
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        server.stop().await;
 
         // What the scheduler writes when the engine refuses a book, for a later interval.
         let refused_at = T0 + 20 * INTERVAL_S;
         let ledger = Ledger::open(&db)
             .await
             .unwrap()
-            .with_operator(OperatorKey::from_seed(&OPERATOR_SEED), "baton/test")
+            .with_operator(support::operator(), "baton/test")
             .unwrap();
         let body = serde_json::json!({
             "event": "interval_not_cleared",

@@ -2,13 +2,13 @@
 //! `BATON_TEST_POSTGRES_URL` is set) a real PostgreSQL server: clear into the ledger, verify,
 //! re-clear, prove; then tamper behind the program's back and watch the audit name it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use sqlx::AssertSqlSafe;
 
 fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(crate::BATON)
         .args(args)
         .output()
         .expect("runs baton")
@@ -31,11 +31,7 @@ fn fails(args: &[&str]) -> String {
 }
 
 fn scenario(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(name)
-        .display()
-        .to_string()
+    support::scenario_path(name).display().to_string()
 }
 
 /// Records two intervals and runs every regulator command on them.
@@ -150,9 +146,9 @@ fn tamper_then_audit(db: &str, pubkey: &str, drop_guards: &[&str], change: &str)
 
 #[test]
 fn clear_record_verify_reclear_prove_and_catch_tampering_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("market.db").display());
-    let pubkey = record_and_audit(&db, dir.path());
+    let ledger = support::TempLedger::sqlite();
+    let (db, dir) = (ledger.url.clone(), ledger.dir().unwrap());
+    let pubkey = record_and_audit(&db, dir);
     // A regulator's copy altered behind the program's back: the result of interval 2 (seq 5)
     // rewritten to claim another price.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -182,29 +178,14 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_sqlite() {
 
 #[test]
 fn clear_record_verify_reclear_prove_and_catch_tampering_on_postgres() {
-    let Ok(base) = std::env::var("BATON_TEST_POSTGRES_URL") else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: BATON_TEST_POSTGRES_URL unset \u{2014} PostgreSQL audit CLI test did not run"
-        );
+    let Some(ledger) = support::TempLedger::postgres("the PostgreSQL audit CLI test") else {
         return;
     };
-    let schema = format!(
-        "cli_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let db = ledger.url.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(raw(&base, &[&format!("CREATE SCHEMA {schema}")]));
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let db = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let dir = tempfile::tempdir().unwrap();
     let pubkey = record_and_audit(&db, dir.path());
     let triggers: Vec<String> = rt.block_on(async {
@@ -227,7 +208,6 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_postgres() {
         &drops,
         "UPDATE entries SET body = convert_to(replace(convert_from(body, 'UTF8'), '0.350000', '0.340000'), 'UTF8') WHERE seq = 5",
     );
-    rt.block_on(raw(&base, &[&format!("DROP SCHEMA {schema} CASCADE")]));
 }
 
 #[test]
