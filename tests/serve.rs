@@ -531,6 +531,37 @@ async fn malformed_order_bytes_are_invalid_argument() {
     assert!(e.message().starts_with("order"), "{}", e.message());
 }
 
+/// Regression (issue 9): a message over the server's decode limit is RESOURCE_EXHAUSTED, as
+/// gRPC specifies (tonic alone answers OUT_OF_RANGE), on unary, client-streaming and
+/// bidirectional calls; the connection stays usable.
+#[tokio::test]
+async fn an_oversize_message_is_resource_exhausted() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let huge = || pb::SignedOrder {
+        order: vec![0; server::GRPC_MESSAGE_BYTES_MAX + 1],
+        signature: vec![0; 64],
+    };
+    let e = h.market.submit_order(huge()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("too large"), "{}", e.message());
+    let e = h
+        .market
+        .submit_orders(tokio_stream::iter(vec![huge()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut outcomes = h
+        .market
+        .submit_order_stream(tokio_stream::iter(vec![huge()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = outcomes.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // An ordinary order on the same connection is still accepted.
+    h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_closed_gate_is_failed_precondition() {
     let (_d, mut h) = with_participants(Options::default()).await;

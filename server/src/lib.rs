@@ -387,6 +387,9 @@ pub async fn run(
     tracing::info!(?addr, tls = config.tls.is_some(), "baton serve: listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = builder
+        .layer(tower::util::MapResponseLayer::new(
+            error::oversize_is_resource_exhausted,
+        ))
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .http2_adaptive_window(Some(false))
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
