@@ -362,10 +362,15 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::market_service_server::MarketServiceServer<market::MarketApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl and current clients speak v1; Python's
+    // grpcio-reflection, older grpcurl and Postman speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let market = pb::market_service_server::MarketServiceServer::new(market::MarketApi {
         shared: shared.clone(),
     })
@@ -396,6 +401,7 @@ pub async fn run(
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(market)
         .add_service(admin)
         .add_service(audit)
