@@ -405,6 +405,13 @@ class MarketClient:
         """Signs and sends ``order``; returns the ``SubmitOrderResponse``."""
         return self.submit_signed(self.sign_order(order))
 
+    def submit_stream(self, signed_orders: Iterable, timeout_s: float | None = None):
+        """Streams ``SignedOrder``s over one ``SubmitOrderStream`` call. The returned call is
+        an iterator of ``SubmitOutcome``s, one per order in the order sent, each as soon as
+        that order is durable (``accepted``) or refused; a slow server slows the sender
+        through HTTP/2 flow control."""
+        return self._stub.SubmitOrderStream(iter(signed_orders), timeout=timeout_s)
+
     def cancel(self, order_id: str):
         """Cancels an open order; returns the ``CancelOrderResponse`` (its ledger seq)."""
         request = self.pb.CancelRequest(

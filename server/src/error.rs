@@ -144,3 +144,38 @@ pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Se
         reason: reason.into(),
     }
 }
+
+/// gRPC's status for a message over the receiver's size limit is RESOURCE_EXHAUSTED; tonic's
+/// decoder answers OUT_OF_RANGE ("decoded message length too large"). No Baton handler answers
+/// OUT_OF_RANGE, so every such status in a response's headers (a unary or client-streaming
+/// call refused before or while reading its request) is the decode limit: rewrite it.
+/// Server-streaming calls meet the limit in the handler instead ([`oversize_status`]).
+pub(crate) fn oversize_is_resource_exhausted(
+    mut response: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    const GRPC_STATUS: &str = "grpc-status";
+    let out_of_range = Code::OutOfRange as i32;
+    let is_oversize = response
+        .headers()
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        == Some(out_of_range);
+    if is_oversize {
+        response.headers_mut().insert(
+            GRPC_STATUS,
+            tonic::codegen::http::HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+    }
+    response
+}
+
+/// A request stream's decode error as the client should see it: a message over the size
+/// limit (tonic's OUT_OF_RANGE) is RESOURCE_EXHAUSTED, as gRPC specifies.
+pub(crate) fn oversize_status(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::new(Code::ResourceExhausted, status.message().to_string())
+    } else {
+        status
+    }
+}

@@ -72,6 +72,39 @@ pub const RESULTS_KEPT_MAX: usize = 288;
 pub const WATCH_BUFFER_INTERVALS: usize = 64;
 /// Concurrent requests per connection: one client cannot occupy every worker.
 pub const CONCURRENT_REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// HTTP/2 flow-control window of one stream, bytes: how much of one call's request stream a
+/// client may send before the server has read it.
+///
+/// Sized against h2's small-DATA-frame flood guard (h2 0.4.20, `Counts::record_data_frame`):
+/// every unread DATA frame of under 256 bytes charges `256 - payload` bytes to a per-connection
+/// budget of half the connection window (`DataFrameBudget::Auto`), refunded as the server reads
+/// it; an empty budget closes the connection with `GOAWAY ENHANCE_YOUR_CALM
+/// "too_many_data_frames"`. A client streaming one-block orders sends about one frame per
+/// order (grpcio: 109-byte messages, 114-byte frames); taking 105 bytes as the smallest, a
+/// frame charges 151 bytes per 105 bytes of window (1.44×). With hyper's default
+/// 1 MiB stream and connection windows, one stalled stream may hold 1 MiB of such frames,
+/// charging 1.44 MiB against a 512 KiB budget: the connection was cut whenever intake fell
+/// behind for about a second. A stream window of 1/16 of the connection window keeps
+/// `HTTP2_STALLED_STREAMS_SAFE` streams full of the smallest orders under the budget, so a
+/// slow server slows its clients through flow control instead. 256 KiB in flight is still
+/// 2,500 orders per stream: on a 50 ms round trip, 50,000 orders/s, more than intake verifies.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 flow-control window of one connection, bytes: the most unread request data one
+/// connection holds in the server's memory (see `HTTP2_STREAM_WINDOW_BYTES`). Fixed: an
+/// adaptive window would move the budget and the windows apart again.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// Streams of one connection that may all stall full of ~105-byte order frames without
+/// tripping h2's small-frame budget.
+pub const HTTP2_STALLED_STREAMS_SAFE: u64 = 5;
+/// Framing overhead h2 charges per byte of a ~105-byte DATA frame, as a ratio: 151 / 105.
+const H2_SMALL_FRAME_CHARGE_PER_BYTE: (u64, u64) = (256 - 105, 105);
+const _: () = assert!(
+    HTTP2_STALLED_STREAMS_SAFE
+        * HTTP2_STREAM_WINDOW_BYTES as u64
+        * H2_SMALL_FRAME_CHARGE_PER_BYTE.0
+        / H2_SMALL_FRAME_CHARGE_PER_BYTE.1
+        <= HTTP2_CONNECTION_WINDOW_BYTES as u64 / 2
+);
 /// Entries returned by one `GetEntries`.
 pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
 /// Largest tree an inclusion proof is computed over, entries: the proof is computed from every
@@ -329,10 +362,15 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::market_service_server::MarketServiceServer<market::MarketApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl and current clients speak v1; Python's
+    // grpcio-reflection, older grpcurl and Postman speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let market = pb::market_service_server::MarketServiceServer::new(market::MarketApi {
         shared: shared.clone(),
     })
@@ -354,9 +392,16 @@ pub async fn run(
     tracing::info!(?addr, tls = config.tls.is_some(), "baton serve: listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = builder
+        .layer(tower::util::MapResponseLayer::new(
+            error::oversize_is_resource_exhausted,
+        ))
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
+        .http2_adaptive_window(Some(false))
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(market)
         .add_service(admin)
         .add_service(audit)

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::clock::wall_now_ms;
 use super::commit::CommitItem;
-use super::error::ServiceError;
+use super::error::{oversize_status, ServiceError};
 use super::state::{preverify_order, OrderStatus, Preverified};
 use super::{ClearedInterval, Shared, LIST_ORDERS_MAX, STREAM_ORDERS_MAX};
 
@@ -117,10 +117,10 @@ impl MarketApi {
         let Some(first) = stream.next().await else {
             return Ok(None);
         };
-        let mut chunk = vec![first?];
+        let mut chunk = vec![first.map_err(oversize_status)?];
         while chunk.len() < INTAKE_CHUNK_ORDERS_MAX {
             match stream.next().now_or_never() {
-                Some(Some(m)) => chunk.push(m?),
+                Some(Some(m)) => chunk.push(m.map_err(oversize_status)?),
                 _ => break,
             }
         }

@@ -463,3 +463,212 @@ async fn the_python_example_signs_orders_the_ledger_records_and_sees_its_fills()
         .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
     assert_eq!(report.participant_signatures, 4);
 }
+
+/// Orders the stall test streams: at about 105 bytes each (a one-block order, its signature
+/// and gRPC framing), 2 MB, more than the server's windows hold while it is stopped.
+const STALL_ORDERS: usize = 20_000;
+/// How long the stall test stops the server, real milliseconds.
+const STALL_MS: u64 = 1_000;
+
+/// Streams `count` pre-signed one-block sells over one `SubmitOrderStream` call with grpcio
+/// and reports every outcome: `progress outcomes=N` each thousand, then `done acked=N
+/// refused=M`, or `cut code=… acked=N message=…` (exit 1) if the call fails.
+const STREAM_SCRIPT: &str = r#"
+import sys
+import grpc
+import baton_client as bc
+
+server, participant, key_path, node, interval, count = sys.argv[1:7]
+client = bc.MarketClient(bc.connect(server), participant, bc.ParticipantKey.load(key_path))
+signed = [
+    client.sign_order(client.order(int(interval), node, "sell", [("1", "0.05")]))
+    for _ in range(int(count))
+]
+print(f"signed orders={len(signed)} bytes={signed[0].ByteSize()}", flush=True)
+acked = refused = 0
+try:
+    for i, outcome in enumerate(client.submit_stream(signed, timeout_s=120)):
+        assert outcome.index == i, (outcome.index, i)
+        if outcome.HasField("accepted"):
+            acked += 1
+        else:
+            refused += 1
+            if refused == 1:
+                print(f"refused code={outcome.refused.code} message={outcome.refused.message}", flush=True)
+        if i % 1000 == 999:
+            print(f"progress outcomes={i + 1}", flush=True)
+except grpc.RpcError as e:
+    print(f"cut code={e.code().name} acked={acked} message={e.details()}", flush=True)
+    sys.exit(1)
+print(f"done acked={acked} refused={refused}", flush=True)
+"#;
+
+/// A `baton serve` child process on two-node at 1× wall-clock time; killed when dropped.
+struct ServeChild {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        // A SIGSTOPped child must be continued before it can die of SIGKILL's wait.
+        signal(&self.child, "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {}", child.id());
+}
+
+fn spawn_serve(dir: &Path) -> ServeChild {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(format!("sqlite://{}", dir.join("baton.db").display()))
+        .arg("--operator-key")
+        .arg(dir.join("operator.key"))
+        .arg("--scenario")
+        .arg(repo().join("scenarios/two-node.toml"))
+        .args(["--open-orders-max", "1000000"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baton serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("serve: {line}");
+            if let Some(a) = line.strip_prefix("baton: listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("baton serve prints its address");
+    ServeChild { child, addr }
+}
+
+/// Regression (issue 9, "streams cut under load"): a grpcio client streams small orders while
+/// the server process is stopped for a second. The client fills the server's HTTP/2 windows
+/// with small DATA frames meanwhile; when the server resumes it must take them and slow the
+/// client through flow control, not close the connection with `GOAWAY ENHANCE_YOUR_CALM
+/// "too_many_data_frames"` (h2's small-frame budget). Every order is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcio_order_stream_survives_a_stopped_server() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serve = spawn_serve(dir.path());
+    let operator = OperatorKey::load(&dir.path().join("operator.key")).unwrap();
+    let channel = Channel::from_shared(format!("http://{}", serve.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let key = SigningKey::from_bytes(&PARTICIPANT_SEED);
+    let request = pb::AdminRequest {
+        timestamp: wall_s(),
+        nonce: 1,
+        command: Some(Command::RegisterParticipant(pb::RegisterParticipant {
+            participant_id: PARTICIPANT.into(),
+            public_key_hex: hex::encode(key.verifying_key().to_bytes()),
+            node: "A".into(),
+            roles: vec!["prosumer".into()],
+            capacity_kw: "50".into(),
+        })),
+    }
+    .encode_to_vec();
+    AdminServiceClient::new(channel.clone())
+        .register_participant(pb::SignedAdminRequest {
+            signature: operator.sign(&request).to_vec(),
+            request,
+        })
+        .await
+        .unwrap();
+    // Two intervals after the first open one: its gate is minutes away at 1× time.
+    let info = MarketServiceClient::new(channel)
+        .get_market_info(pb::GetMarketInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let interval = info.next_open_interval + 2 * INTERVAL_S;
+    let key_file = dir.path().join("py-alice.key");
+    std::fs::write(&key_file, format!("{}\n", hex::encode(PARTICIPANT_SEED))).unwrap();
+
+    let mut child = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(STREAM_SCRIPT)
+        .arg(format!("http://{}", serve.addr))
+        .arg(PARTICIPANT)
+        .arg(&key_file)
+        .arg("A")
+        .arg(interval.to_string())
+        .arg(STALL_ORDERS.to_string())
+        .env("PYTHONPATH", repo().join("clients/python"))
+        .env("BATON_PROTO_CACHE", dir.path().join("stubs"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let mut stalled = false;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(SCRIPT_WAIT_S), out.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the script went quiet after:\n{}", lines.join("\n")))
+        .unwrap()
+    {
+        eprintln!("python: {line}");
+        // Once the stream is flowing, stop the server while the client keeps sending.
+        if !stalled && line.starts_with("progress ") {
+            stalled = true;
+            signal(&serve.child, "STOP");
+            tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
+            signal(&serve.child, "CONT");
+        }
+        lines.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    let err = stderr_task.await.unwrap();
+    let log = lines.join("\n");
+    assert!(
+        stalled,
+        "the stream never got going:\n{log}\nstderr:\n{err}"
+    );
+    assert!(
+        status.success(),
+        "the stream failed ({status}):\n{log}\nstderr:\n{err}"
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("done acked={STALL_ORDERS} refused=0").as_str()),
+        "{log}"
+    );
+    drop(serve);
+}

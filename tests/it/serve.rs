@@ -37,6 +37,7 @@ impl Default for Options {
 }
 
 struct Harness {
+    channel: Channel,
     market: MarketServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
     audit: AuditServiceClient<Channel>,
@@ -58,6 +59,7 @@ async fn start(db_url: String, o: Options) -> Harness {
     let server = support::Server::start(config).await;
     let channel = server.connect().await;
     Harness {
+        channel: channel.clone(),
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
         audit: AuditServiceClient::new(channel.clone()),
@@ -431,6 +433,98 @@ async fn malformed_order_bytes_are_invalid_argument() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().starts_with("order"), "{}", e.message());
+}
+
+/// Regression (issue 9): a message over the server's decode limit is RESOURCE_EXHAUSTED, as
+/// gRPC specifies (tonic alone answers OUT_OF_RANGE), on unary, client-streaming and
+/// bidirectional calls; the connection stays usable.
+#[tokio::test]
+async fn an_oversize_message_is_resource_exhausted() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let huge = || pb::SignedOrder {
+        order: vec![0; server::GRPC_MESSAGE_BYTES_MAX + 1],
+        signature: vec![0; 64],
+    };
+    let e = h.market.submit_order(huge()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("too large"), "{}", e.message());
+    let e = h
+        .market
+        .submit_orders(tokio_stream::iter(vec![huge()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut outcomes = h
+        .market
+        .submit_order_stream(tokio_stream::iter(vec![huge()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = outcomes.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // An ordinary order on the same connection is still accepted.
+    h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+}
+
+/// The services one reflection version lists.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version as r;
+        let mut client = r::server_reflection_client::ServerReflectionClient::new($channel);
+        let request = r::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(r::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(r::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("not a service list: {other:?}"),
+        }
+    }};
+}
+
+/// Regression (issue 9): server reflection answers in v1 and in v1alpha (what Python's
+/// grpcio-reflection, older grpcurl and Postman speak), listing every service.
+#[tokio::test]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(sqlite_url(&dir), Options::default()).await;
+    let ours = [
+        "baton.v1.AdminService",
+        "baton.v1.AuditService",
+        "baton.v1.MarketService",
+        "grpc.health.v1.Health",
+    ];
+    let v1 = reflected_services!(v1, h.channel.clone());
+    let v1alpha = reflected_services!(v1alpha, h.channel.clone());
+    for s in ours {
+        assert!(v1.iter().any(|n| n == s), "v1 lacks {s}: {v1:?}");
+        assert!(
+            v1alpha.iter().any(|n| n == s),
+            "v1alpha lacks {s}: {v1alpha:?}"
+        );
+    }
+    assert!(
+        v1.iter()
+            .any(|n| n == "grpc.reflection.v1.ServerReflection"),
+        "{v1:?}"
+    );
+    assert!(
+        v1alpha
+            .iter()
+            .any(|n| n == "grpc.reflection.v1alpha.ServerReflection"),
+        "{v1alpha:?}"
+    );
 }
 
 #[tokio::test]
