@@ -818,7 +818,8 @@ fn build_face(market: &Market, islands: &[Vec<usize>], steps: &[Step], sol: &LpS
             }
         }
     };
-    for k in 0..n_prices {
+    for k in (0..n_prices).filter(|&k| lo[k].is_finite() && hi[k].is_finite()) {
+        // A price bounded by bids on one side only (a requirement) has its own rule.
         one_sided(vec![(Term::Price(k), 1.0)], lo[k], hi[k]);
     }
     for &i in mu.iter().flatten() {
@@ -894,14 +895,14 @@ fn solve_face(
     } else {
         vars.minimise(objective)
     };
+    // HiGHS' default tolerances (1e-7): the face is written from values rounded at six
+    // decimals, and its fixed prices carry the previous round's floating-point noise.
     let mut problem = problem
         .using(highs)
         .set_option("solver", "simplex")
         .set_option("parallel", "off")
         .set_option("threads", 1)
-        .set_option("random_seed", 0)
-        .set_option("primal_feasibility_tolerance", SOLVER_TOLERANCE)
-        .set_option("dual_feasibility_tolerance", SOLVER_TOLERANCE);
+        .set_option("random_seed", 0);
     let expr = |terms: &[(Term, f64)]| {
         let mut e = Expression::with_capacity(terms.len() + 1);
         for &(x, c) in terms {
@@ -934,8 +935,11 @@ fn solve_face(
         let slack = expr(&m.terms) * sign;
         let rhs = sign * m.bound;
         if let Some(v) = fixed_margin[i] {
-            problem.add_constraint(constraint::eq(slack, rhs + v));
-        } else if matches!(goal, Goal::MaxMin(active) if active[i]) {
+            // An earlier round's max-min value: the margin stays at least there (an
+            // inequality, so that the rounds' floating-point noise cannot make it infeasible).
+            problem.add_constraint(constraint::geq(slack.clone(), rhs + v));
+        }
+        if matches!(goal, Goal::MaxMin(active) if active[i]) {
             margin_rows.push((i, problem.add_constraint(constraint::geq(slack - t, rhs))));
         }
     }
@@ -1100,11 +1104,23 @@ pub(crate) fn publish_prices(
     let two_sided: Vec<bool> = (0..n_prices)
         .map(|k| face.lo[k].is_finite() && face.hi[k].is_finite())
         .collect();
+    // A price is settled once fixed or once one of its own margins is tight at a round's optimum.
+    let mut settled: Vec<bool> = fixed.iter().map(Option::is_some).collect();
+    let mut done = vec![false; n_margins];
     for _round in 0..PRICE_RULE_ROUNDS_MAX {
-        if (0..n_prices).all(|k| fixed[k].is_some() || !two_sided[k]) {
+        if (0..n_prices).all(|k| settled[k] || !two_sided[k]) {
             break;
         }
-        let active: Vec<bool> = fixed_margin.iter().map(Option::is_none).collect();
+        // Margins still free: not fixed, and not of a settled price (a constant).
+        let active: Vec<bool> = face
+            .margins
+            .iter()
+            .zip(&done)
+            .map(|(m, &d)| !d && !matches!(m.terms[..], [(Term::Price(k), _)] if settled[k]))
+            .collect();
+        if !active.iter().any(|&a| a) {
+            break;
+        }
         let s = solve_face(&face, &fixed, &fixed_margin, Goal::MaxMin(&active))?
             .ok_or_else(|| LpError::Solver("price rule: the max-min LP is unbounded".into()))?;
         if s.tight.is_empty() {
@@ -1112,15 +1128,23 @@ pub(crate) fn publish_prices(
                 "price rule: no margin is tight at the max-min optimum".into(),
             ));
         }
+        // Every margin still in play keeps at least this round's value from now on.
+        for (i, &a) in active.iter().enumerate() {
+            if a {
+                fixed_margin[i] = Some(s.t);
+            }
+        }
         for &i in &s.tight {
-            fixed_margin[i] = Some(s.t);
-            // A price's own margin fixes the price.
+            done[i] = true;
             if let [(Term::Price(k), _)] = face.margins[i].terms[..] {
-                fixed[k] = Some(s.prices[k]);
+                settled[k] = true;
             }
         }
         if small {
             pin(&mut fixed, &fixed_margin)?;
+            for (k, x) in fixed.iter().enumerate() {
+                settled[k] |= x.is_some();
+            }
         }
     }
 
@@ -1143,7 +1167,8 @@ pub(crate) fn publish_prices(
         }
     }
 
-    // One LP at the published point, for auxiliaries (device shadow prices) consistent with it.
+    // The published point: the rounds' constraints pin every settled price; one more LP reads
+    // it, with auxiliaries (device shadow prices) consistent with it.
     let s = solve_face(&face, &fixed, &fixed_margin, Goal::Extreme(0, false))?
         .ok_or_else(|| LpError::Solver("price rule: the published point is unbounded".into()))?;
     for (k, x) in fixed.iter().enumerate() {
