@@ -603,14 +603,15 @@ fn two_node_teaching_scenario_matches_its_worked_comment() {
     .unwrap();
     let m = market(&text);
     let c = clear(&m);
-    assert_eq!((price(&c, "A"), price(&c, "B")), (dec!(0.30), dec!(0.40)));
-    assert_eq!(node_price(&c, "B").range, Some((dec!(0.35), dec!(0.45))));
+    assert_eq!((price(&c, "A"), price(&c, "B")), (dec!(0.30), dec!(0.35)));
+    assert_eq!(node_price(&c, "B").unique, Some(true));
+    assert_eq!(fill(&c, "shops-B"), dec!(50));
     assert_eq!(fill(&c, "feeder/import"), dec!(20));
     assert_eq!(flow(&c, "A-B"), dec!(60));
     assert_eq!(c.flex_requirements[0].procured, dec!(0));
     assert_eq!(c.flex_requirements[0].price, dec!(0.20));
     let b = balances(&m, &c);
-    assert_eq!(b["network-operator"], dec!(0.50));
+    assert_eq!(b["network-operator"], dec!(0.25));
 }
 
 #[test]
