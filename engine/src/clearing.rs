@@ -942,7 +942,7 @@ pub fn split_pro_rata(
 
 /// The fill rule: at its node's price, a block strictly in the money is fully accepted and one
 /// strictly out of the money is rejected; only blocks at the price may be partial. For blocks
-/// on a device, the price is net of the device's capacity shadow price.
+/// on a device, the price is net of the device's shadow prices (`price + σ_up − σ_down`).
 fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(), ClearError> {
     let tick = Decimal::new(1, PRICE_SCALE);
     for (k, (s, &a)) in book.steps.iter().zip(&sol.step_accepted).enumerate() {
@@ -950,11 +950,9 @@ fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(),
         let (effective, tolerance) = match s.device {
             None => (s.price, Decimal::ZERO),
             Some(d) => {
+                // Rule 8: energy on a device enters both rows, with opposite signs.
                 let (up, down) = sol.device_shadow[d];
-                match s.side {
-                    Side::Sell => (s.price + up, tick * Decimal::from(2)),
-                    Side::Buy => (s.price - down, tick * Decimal::from(2)),
-                }
+                (s.price + up - down, tick * Decimal::from(3))
             }
         };
         let margin = match s.side {

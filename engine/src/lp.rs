@@ -6,7 +6,7 @@
 //! subject to, at every node, `injection − withdrawal + inflow − outflow = fixed net withdrawal`
 //! (the balance row; its dual is `−price` because we maximise), DC flow
 //! `f − (θ_from − θ_to)/x = 0` with one angle fixed at 0 per island, `|f| ≤ capacity`
-//! (or `≤ capacity + overload` when limits are soft), device capacity couplings, and for each
+//! (or `≤ capacity + overload` when limits are soft), device power ranges (rule 8), and for each
 //! flexibility requirement `Σ offers − Σ demand blocks = 0` (dual `−flex price`).
 //!
 //! **Rounding rule** (the one rule by which solver output becomes money-grade decimals): every
@@ -83,7 +83,7 @@ pub(crate) struct LpSolution {
     pub(crate) flex_requirement_accepted: Vec<Vec<Decimal>>,
     /// Per requirement: its price.
     pub(crate) flex_price: Vec<Decimal>,
-    /// Per device: shadow price of its (sell + up, buy + down) capacity rows, ≥ 0.
+    /// Per device: shadow price of its (net + up ≤ C, −net + down ≤ C) rows, ≥ 0.
     pub(crate) device_shadow: Vec<(Decimal, Decimal)>,
     /// Per node: whether its price is unique, and its range (rule 6; [`publish_prices`]).
     pub(crate) node_range: Vec<PriceRange>,
@@ -311,18 +311,18 @@ pub(crate) fn solve(
         }
         offer_vars.push(per_block);
     }
+    // Rule 8: a device is a power range −C..+C around zero; energy on it is netted
+    // (`net = sells − buys`) and flexibility is measured from that schedule:
+    // `net + up ≤ C` and `−net + down ≤ C`.
     for (s, v) in steps.iter().zip(&step_var) {
         if let (Some(d), Some(v)) = (s.device, v) {
-            match s.side {
-                Side::Sell => {
-                    dev_up[d].add_mul(1.0, *v);
-                    dev_used[d].0 = true;
-                }
-                Side::Buy => {
-                    dev_down[d].add_mul(1.0, *v);
-                    dev_used[d].1 = true;
-                }
-            }
+            let sign = match s.side {
+                Side::Sell => 1.0,
+                Side::Buy => -1.0,
+            };
+            dev_up[d].add_mul(sign, *v);
+            dev_down[d].add_mul(-sign, *v);
+            dev_used[d] = (true, true);
         }
     }
 
@@ -654,16 +654,20 @@ fn build_face(market: &Market, islands: &[Vec<usize>], steps: &[Step], sol: &LpS
         tighten(&mut lo[n], &mut hi[n], spill, f(floor), -1.0);
     }
 
-    // Devices: a shadow price for each binding row in use.
+    // Devices: a shadow price for each binding row in use (rule 8: `net + up ≤ C`,
+    // `−net + down ≤ C`).
     let devices = market.devices();
     let mut usage = vec![(Decimal::ZERO, Decimal::ZERO); devices.len()];
     let mut used = vec![(false, false); devices.len()];
     for (s, &a) in steps.iter().zip(&sol.step_accepted) {
         if let Some(d) = s.device {
-            match s.side {
-                Side::Sell => (usage[d].0 += a, used[d].0 = true),
-                Side::Buy => (usage[d].1 += a, used[d].1 = true),
+            let net = match s.side {
+                Side::Sell => a,
+                Side::Buy => -a,
             };
+            usage[d].0 += net;
+            usage[d].1 -= net;
+            used[d] = (true, true);
         }
     }
     let offers = market.flex_offers();
@@ -700,21 +704,16 @@ fn build_face(market: &Market, islands: &[Vec<usize>], steps: &[Step], sol: &LpS
             Side::Sell => 1.0,
             Side::Buy => -1.0,
         };
-        let sigma = s.device.and_then(|dv| match s.side {
-            Side::Sell => device_aux[dv].0,
-            Side::Buy => device_aux[dv].1,
-        });
-        match sigma {
-            None => tighten(&mut lo[s.node], &mut hi[s.node], d, f(s.price), sign),
-            Some(x) => {
-                // sign·(λ − p) − σ ∈ d  ⇔  sign·λ − σ ∈ d + sign·p
-                let p = sign * f(s.price);
-                rows.push((
-                    vec![(Term::Price(s.node), sign), (Term::Aux(x), -1.0)],
-                    d.0 + p,
-                    d.1 + p,
-                ));
-            }
+        // On a device: sign·(λ − p) − sign·(σ_up − σ_down) ∈ d.
+        let (up, down) = s.device.map_or((None, None), |dv| device_aux[dv]);
+        if up.is_none() && down.is_none() {
+            tighten(&mut lo[s.node], &mut hi[s.node], d, f(s.price), sign);
+        } else {
+            let p = sign * f(s.price);
+            let mut row = vec![(Term::Price(s.node), sign)];
+            row.extend(up.map(|x| (Term::Aux(x), -sign)));
+            row.extend(down.map(|x| (Term::Aux(x), sign)));
+            rows.push((row, d.0 + p, d.1 + p));
         }
     }
 

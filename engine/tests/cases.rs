@@ -854,3 +854,79 @@ orders = [
     assert_eq!(price(&c, "Q"), dec!(39));
     assert_eq!(price(&c, "P"), dec!(35));
 }
+
+#[test]
+fn a_charging_battery_offers_its_charge_plus_its_capacity_as_up_flexibility() {
+    // Rule 8. A battery of capacity 10 (a power range −10..+10) charges 10 (buy 10@0.50, on the
+    // device) from G (20@0.10); the operator wants 15 of up-flexibility at up to 1.00 and the
+    // battery offers 20 at 0.02. Its net schedule is −10, so it can move up by 10 + 10 = 20:
+    // stop charging (10) and discharge (10). Old rule (`buy + down ≤ C`, `sell + up ≤ C`): up
+    // ≤ 10.
+    // Optimum: charge 10, up 15 (net −10 + 15 = 5 ≤ 10, the row is slack). G 10 of 20 ⇒
+    // λ = 0.10; the offer is partial ⇒ π = 0.02. Welfare = 0.50·10 − 0.10·10 + 1.00·15 −
+    // 0.02·15 = 18.70.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "bat", node = "A", capacity = "10" }}]
+orders = [
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.10" }}] }},
+  {{ id = "BC", participant = "b", node = "A", side = "buy", device = "bat", blocks = [{{ quantity = "10", price = "0.50" }}] }},
+]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "15", price = "1.00" }}] }}]
+flex_offers = [{{ id = "BF", participant = "b", node = "A", direction = "up", device = "bat", blocks = [{{ quantity = "20", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!((fill(&c, "BC"), fill(&c, "G")), (dec!(10), dec!(10)));
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(15));
+    let r = &c.flex_requirements[0];
+    assert_eq!((r.procured, r.price), (dec!(15), dec!(0.02)));
+    assert_eq!(price(&c, "A"), dec!(0.10));
+    assert_eq!(c.welfare, dec!(18.70));
+
+    // With 25 wanted (offer 30), the device's room binds: charging 10, the most it bids for,
+    // leaves 10 + 10 = 20 of up-flex (net −10 + 20 = C). R is partial at 20 ⇒ π = 1.00, and
+    // the partial offer prices the device's up row at 1.00 − 0.02 = 0.98.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "bat", node = "A", capacity = "10" }}]
+orders = [
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.10" }}] }},
+  {{ id = "BC", participant = "b", node = "A", side = "buy", device = "bat", blocks = [{{ quantity = "10", price = "0.50" }}] }},
+]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "25", price = "1.00" }}] }}]
+flex_offers = [{{ id = "BF", participant = "b", node = "A", direction = "up", device = "bat", blocks = [{{ quantity = "30", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!(fill(&c, "BC"), dec!(10));
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(20));
+    let r = &c.flex_requirements[0];
+    assert_eq!((r.procured, r.price), (dec!(20), dec!(1.00)));
+}
+
+#[test]
+fn buy_and_sell_on_one_device_are_netted() {
+    // Rule 8. A device of capacity 5 carries a sell 8@0.10 and a buy 4@0.60: netted, the
+    // schedule sell 8 − buy 4 = 4 is within −5..+5, so both fill (the old rule capped the
+    // sell at 5). D 10@1.00 takes the rest: supply 8 (device) vs demand 4 + 10 ⇒ 6 short
+    // from G 20@0.30 ⇒ G 6, λ = 0.30.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "dev", node = "A", capacity = "5" }}]
+orders = [
+  {{ id = "D", node = "A", side = "buy", blocks = [{{ quantity = "10", price = "1.00" }}] }},
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.30" }}] }},
+  {{ id = "DS", participant = "p", node = "A", side = "sell", device = "dev", blocks = [{{ quantity = "8", price = "0.10" }}] }},
+  {{ id = "DB", participant = "p", node = "A", side = "buy", device = "dev", blocks = [{{ quantity = "4", price = "0.60" }}] }},
+]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!((fill(&c, "DS"), fill(&c, "DB")), (dec!(8), dec!(4)));
+    assert_eq!((fill(&c, "D"), fill(&c, "G")), (dec!(10), dec!(6)));
+    assert_eq!(price(&c, "A"), dec!(0.30));
+}
