@@ -66,6 +66,12 @@ pub struct NodePrice {
     pub congestion: Decimal,
     /// Index of the node's island.
     pub island: usize,
+    /// Whether `price` is the only price consistent with the optimal dispatch (`None`: not
+    /// computed for a market this large; see `docs/MARKET.md`, rule 6).
+    pub unique: Option<bool>,
+    /// Lowest and highest optimal price, when computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(Decimal, Decimal)>,
 }
 
 /// One order's fills.
@@ -108,6 +114,11 @@ pub struct FlexRequirementResult {
     pub account: String,
     /// Clearing price of flexibility in this requirement.
     pub price: Decimal,
+    /// Whether `price` is the only optimal one (`None`: not computed).
+    pub unique: Option<bool>,
+    /// Lowest and highest optimal price, when computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(Decimal, Decimal)>,
     /// Accepted per demand block.
     pub accepted: Vec<Decimal>,
     /// Total procured.
@@ -135,9 +146,11 @@ pub struct FlexOfferResult {
 /// A relaxation: something the market could not honour, priced at its penalty.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Relaxation {
-    /// `unserved_demand`, `curtailed_supply` or `line_overload`.
+    /// `unserved_demand` or `curtailed_supply` (a must-take order's unaccepted part),
+    /// `node_shortfall` (a virtual injection at a node, priced at the cap), `node_spill` (a
+    /// virtual withdrawal at a node, priced at the floor) or `line_overload`.
     pub kind: &'static str,
-    /// The order or line.
+    /// The order, node or line.
     pub id: String,
     /// How much.
     pub quantity: Decimal,
@@ -384,6 +397,9 @@ fn clear_inner(
             s
         }
     };
+    let mut sol = sol;
+    // Rule 6: the published prices among the optimal ones (small LPs, counted as `Other`).
+    lp::publish_prices(market, &islands, &book.steps, &mut sol)?;
     let clearing = finish(market, islands, &book, sol)?;
     Ok((clearing, stats))
 }
@@ -575,12 +591,12 @@ fn finish(
             island_of[n] = k;
         }
     }
-    balance_islands(
-        &book.steps,
-        &island_of,
-        islands.len(),
-        &mut sol.step_accepted,
-    )?;
+    // The relaxations (rule 7) are injections and withdrawals like any other.
+    let mut relaxed = vec![Decimal::ZERO; islands.len()];
+    for n in 0..n_nodes {
+        relaxed[island_of[n]] += sol.node_shortfall[n] - sol.node_spill[n];
+    }
+    balance_islands(&book.steps, &island_of, &relaxed, &mut sol.step_accepted)?;
 
     // Fills: tie rule within each step.
     let orders = market.orders();
@@ -618,6 +634,8 @@ fn finish(
                 energy: prices[reference],
                 congestion: prices[n] - prices[reference],
                 island: island_of[n],
+                unique: sol.node_range[n].unique,
+                range: sol.node_range[n].range,
             }
         })
         .collect();
@@ -657,6 +675,28 @@ fn finish(
         })
         .collect();
 
+    for n in 0..n_nodes {
+        let (short, spill) = (sol.node_shortfall[n], sol.node_spill[n]);
+        if !short.is_zero() {
+            welfare -= short * market.price_cap();
+            relaxations.push(Relaxation {
+                kind: "node_shortfall",
+                id: market.node_ids()[n].clone(),
+                quantity: short,
+                penalty: market.price_cap(),
+            });
+        }
+        if !spill.is_zero() {
+            welfare += spill * market.price_floor();
+            relaxations.push(Relaxation {
+                kind: "node_spill",
+                id: market.node_ids()[n].clone(),
+                quantity: spill,
+                penalty: market.price_floor(),
+            });
+        }
+    }
+
     let lines: Vec<LineFlow> = market
         .lines()
         .iter()
@@ -694,6 +734,8 @@ fn finish(
                 id: r.id.clone(),
                 account: r.account.clone(),
                 price: sol.flex_price[ri],
+                unique: sol.flex_range[ri].unique,
+                range: sol.flex_range[ri].range,
                 procured: acc.iter().sum(),
                 accepted: acc,
             }
@@ -792,10 +834,10 @@ fn balance_flex(
 fn balance_islands(
     steps: &[Step],
     island_of: &[usize],
-    n_islands: usize,
+    relaxed: &[Decimal],
     accepted: &mut [Decimal],
 ) -> Result<(), ClearError> {
-    let mut net = vec![Decimal::ZERO; n_islands];
+    let mut net = relaxed.to_vec();
     for (s, &a) in steps.iter().zip(accepted.iter()) {
         match s.side {
             Side::Sell => net[island_of[s.node]] += a,
@@ -900,7 +942,7 @@ pub fn split_pro_rata(
 
 /// The fill rule: at its node's price, a block strictly in the money is fully accepted and one
 /// strictly out of the money is rejected; only blocks at the price may be partial. For blocks
-/// on a device, the price is net of the device's capacity shadow price.
+/// on a device, the price is net of the device's shadow prices (`price + σ_up − σ_down`).
 fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(), ClearError> {
     let tick = Decimal::new(1, PRICE_SCALE);
     for (k, (s, &a)) in book.steps.iter().zip(&sol.step_accepted).enumerate() {
@@ -908,11 +950,9 @@ fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(),
         let (effective, tolerance) = match s.device {
             None => (s.price, Decimal::ZERO),
             Some(d) => {
+                // Rule 8: energy on a device enters both rows, with opposite signs.
                 let (up, down) = sol.device_shadow[d];
-                match s.side {
-                    Side::Sell => (s.price + up, tick * Decimal::from(2)),
-                    Side::Buy => (s.price - down, tick * Decimal::from(2)),
-                }
+                (s.price + up - down, tick * Decimal::from(3))
             }
         };
         let margin = match s.side {

@@ -127,7 +127,8 @@ pub struct DeviceSpec {
     pub id: String,
     /// Node it sits at.
     pub node: String,
-    /// Power capacity: energy sell + flex up ≤ capacity and energy buy + flex down ≤ capacity.
+    /// Power capacity C: the device is a range −C..+C of net injection; with `net = sells − buys`
+    /// on it, `net + flex up ≤ C` and `−net + flex down ≤ C` (rule 8).
     pub capacity: Decimal,
 }
 

@@ -232,7 +232,19 @@ fn attribute(market: &Market, clearing: &Clearing) -> Vec<Attribution> {
         match_queues(&mut buys, &mut sells, &mut |b, s, q| {
             pair(b, s, q, &mut out)
         });
-        debug_assert!(buys.remaining().next().is_none() && sells.remaining().next().is_none());
+        // Rule 7: demand served by a node shortfall, or supply taken by a spill, has no
+        // counterparty and stays unattributed; everything else is matched.
+        let (mut shortfall, mut spill) = (Decimal::ZERO, Decimal::ZERO);
+        for r in &clearing.relaxations {
+            let at = |id: &str| island.iter().any(|&n| node_ids[n] == id);
+            match r.kind {
+                "node_shortfall" if at(&r.id) => shortfall += r.quantity,
+                "node_spill" if at(&r.id) => spill += r.quantity,
+                _ => {}
+            }
+        }
+        let left = |q: &Queue| q.remaining().map(|i| i.1).sum::<Decimal>();
+        debug_assert_eq!(left(&buys) - left(&sells), shortfall - spill);
     }
     out
 }

@@ -270,6 +270,10 @@ struct NodeOut<'a> {
     energy: Num,
     congestion: Num,
     island: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lmp_range: Option<[Num; 2]>,
 }
 
 #[derive(Serialize)]
@@ -298,6 +302,10 @@ struct RelaxOut<'a> {
 struct FlexReqOut<'a> {
     id: &'a str,
     price: Num,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price_range: Option<[Num; 2]>,
     procured: Num,
     accepted: Vec<Num>,
 }
@@ -356,6 +364,8 @@ pub fn write_result(
                 energy: num(n.energy),
                 congestion: num(n.congestion),
                 island: n.island,
+                unique: n.unique,
+                lmp_range: n.range.map(|(a, b)| [num(a), num(b)]),
             })
             .collect(),
         orders: clearing.orders[..participant_orders]
@@ -391,6 +401,8 @@ pub fn write_result(
             .map(|r| FlexReqOut {
                 id: &r.id,
                 price: num(r.price),
+                unique: r.unique,
+                price_range: r.range.map(|(a, b)| [num(a), num(b)]),
                 procured: num(r.procured),
                 accepted: r.accepted.iter().map(|&a| num(a)).collect(),
             })

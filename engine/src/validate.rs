@@ -258,7 +258,7 @@ impl Network {
     }
 
     /// Checks one grid connection (index `gi` among the market's): id, known node, limits and
-    /// prices, export price not above import price. Returns it at its fixed scales with its
+    /// prices within the floor and cap, export price not above import price. Returns it at its fixed scales with its
     /// import (sell) and export (buy) orders, ids `<id>/import` and `<id>/export`.
     pub fn grid_connection(
         &self,
@@ -273,6 +273,22 @@ impl Network {
         let export_limit = num.quantity_nonneg(&rec, &|| "export_limit".into(), g.export_limit)?;
         let import_price = num.price(&rec, &|| "import_price".into(), g.import_price)?;
         let export_price = num.price(&rec, &|| "export_price".into(), g.export_price)?;
+        // Rule 7: every price that can reach a node lies within the floor and cap.
+        for (field, p) in [
+            ("import_price", import_price),
+            ("export_price", export_price),
+        ] {
+            if p < self.price_floor || p > self.price_cap {
+                return Err(MarketError::BadNumber {
+                    record: rec(),
+                    field: field.into(),
+                    reason: format!(
+                        "{p} outside the price floor {} and cap {}",
+                        self.price_floor, self.price_cap
+                    ),
+                });
+            }
+        }
         if export_price > import_price {
             return Err(MarketError::BadNumber {
                 record: rec(),

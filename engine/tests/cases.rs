@@ -604,6 +604,8 @@ fn two_node_teaching_scenario_matches_its_worked_comment() {
     let m = market(&text);
     let c = clear(&m);
     assert_eq!((price(&c, "A"), price(&c, "B")), (dec!(0.30), dec!(0.35)));
+    assert_eq!(node_price(&c, "B").unique, Some(true));
+    assert_eq!(fill(&c, "shops-B"), dec!(50));
     assert_eq!(fill(&c, "feeder/import"), dec!(20));
     assert_eq!(flow(&c, "A-B"), dec!(60));
     assert_eq!(c.flex_requirements[0].procured, dec!(0));
@@ -642,4 +644,289 @@ fn clearing_announces_its_phases_to_the_caller_and_reads_no_clock() {
     expected.push(Done);
     assert_eq!(act.0, expected);
     assert!(stats.lp_solves >= 2, "estimate and at least one round");
+}
+
+#[test]
+fn must_take_behind_congestion_prices_at_the_cap_with_a_node_shortfall() {
+    // Rule 7. Triangle A, B, C, every x = 1; supply 100@1 at A, a must-take load of 30 at C;
+    // line AB limited to 5, cap 10. Injecting at A and withdrawing at C puts 1/3 on AB (A→B),
+    // injecting at B puts −1/3 on it.
+    //
+    // Without relaxations: AB binds at g_A = 15, C is short (load partial ⇒ λC = 10), λA = 1, so
+    // μ = 3·(10 − 1) = 27 and λB = λC + μ/3 = 19: a *unique* price above the cap.
+    //
+    // With a shortfall column at the cap at every node, a unit at B (10) plus a unit from A (1)
+    // serve two units at C without moving AB: worth 20 for 11, so C is served in full:
+    // g_A − u_B = 15 (AB at 5) and g_A + u_B = 30 ⇒ g_A = 22.5, u_B = 7.5. Prices: λB = 10 (the
+    // shortfall is marginal), λA = 1, λC = (λA + λB)/2 = 5.5.
+    // Flows: AB = 5, AC = 17.5, BC = 12.5 (A: 5 + 17.5 = 22.5; B: −5 + 12.5 = 7.5; C: 30).
+    // Welfare = 10·30 − 1·22.5 − 10·7.5 = 202.5.
+    let m = market(
+        r#"
+name = "t"
+interval_minutes = 60
+price_floor = "-10"
+price_cap = "10"
+nodes = [{ id = "A" }, { id = "B" }, { id = "C" }]
+lines = [
+  { id = "AB", from = "A", to = "B", x = "1", capacity = "5" },
+  { id = "AC", from = "A", to = "C", x = "1" },
+  { id = "BC", from = "B", to = "C", x = "1" },
+]
+orders = [
+  { id = "S", node = "A", side = "sell", blocks = [{ quantity = "100", price = "1" }] },
+  { id = "L", node = "C", side = "buy", blocks = [{ quantity = "30" }] },
+]
+"#,
+    );
+    let c = clear(&m);
+    assert_eq!(price(&c, "B"), dec!(10));
+    assert_eq!(price(&c, "A"), dec!(1));
+    assert_eq!(price(&c, "C"), dec!(5.5));
+    assert_eq!(fill(&c, "S"), dec!(22.5));
+    assert_eq!(fill(&c, "L"), dec!(30));
+    assert_eq!(flow(&c, "AB"), dec!(5));
+    assert_eq!(flow(&c, "AC"), dec!(17.5));
+    assert_eq!(flow(&c, "BC"), dec!(12.5));
+    assert_eq!(c.welfare, dec!(202.5));
+    let relaxations: Vec<_> = c
+        .relaxations
+        .iter()
+        .map(|r| (r.kind, r.id.as_str(), r.quantity, r.penalty))
+        .collect();
+    assert_eq!(
+        relaxations,
+        vec![("node_shortfall", "B", dec!(7.5), dec!(10))]
+    );
+}
+
+#[test]
+fn surplus_behind_congestion_prices_at_the_floor_with_a_node_spill() {
+    // The mirror image: a must-take sell of 30 at C (enters at the floor −10), demand 100@−1
+    // at A, AB limited to 5. Withdrawing at A and injecting at C puts 1/3 on AB (B→A); a
+    // withdrawal at B puts −1/3 on it. Without relaxations λA = −1, λC = −10 (both partial)
+    // and λB = 2·λC − λA = −19, unique and below the floor; with them, a spill of 7.5 at B (at −10) lets A take 22.5: λB = −10, λA = −1,
+    // λC = −5.5, welfare = −1·22.5 + 10·30 − 10·7.5 = 202.5.
+    let m = market(
+        r#"
+name = "t"
+interval_minutes = 60
+price_floor = "-10"
+price_cap = "10"
+nodes = [{ id = "A" }, { id = "B" }, { id = "C" }]
+lines = [
+  { id = "AB", from = "A", to = "B", x = "1", capacity = "5" },
+  { id = "AC", from = "A", to = "C", x = "1" },
+  { id = "BC", from = "B", to = "C", x = "1" },
+]
+orders = [
+  { id = "D", node = "A", side = "buy", blocks = [{ quantity = "100", price = "-1" }] },
+  { id = "G", node = "C", side = "sell", blocks = [{ quantity = "30" }] },
+]
+"#,
+    );
+    let c = clear(&m);
+    assert_eq!(price(&c, "B"), dec!(-10));
+    assert_eq!(price(&c, "A"), dec!(-1));
+    assert_eq!(price(&c, "C"), dec!(-5.5));
+    assert_eq!(fill(&c, "D"), dec!(22.5));
+    assert_eq!(fill(&c, "G"), dec!(30));
+    assert_eq!(c.welfare, dec!(202.5));
+    let relaxations: Vec<_> = c
+        .relaxations
+        .iter()
+        .map(|r| (r.kind, r.id.as_str(), r.quantity, r.penalty))
+        .collect();
+    assert_eq!(relaxations, vec![("node_spill", "B", dec!(7.5), dec!(-10))]);
+}
+
+#[test]
+fn grid_connection_prices_outside_the_floor_and_cap_are_refused() {
+    // Rule 7: a grid connection is an order like any other, so its prices obey the bounds.
+    let base = |import: &str, export: &str| {
+        format!(
+            r#"{HEADER}
+nodes = [{{ id = "A" }}]
+grid_connections = [{{ id = "g", node = "A", import_limit = "10", import_price = "{import}", export_limit = "10", export_price = "{export}" }}]
+"#
+        )
+    };
+    let ok = scenario::parse(&base("1000", "-1000")).expect("parses");
+    assert!(Market::new(&ok.market).is_ok());
+    for (import, export, field) in [
+        ("1000.01", "0", "import_price"),
+        ("10", "-1000.01", "export_price"),
+    ] {
+        let s = scenario::parse(&base(import, export)).expect("parses");
+        match Market::new(&s.market) {
+            Err(MarketError::BadNumber { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{import}/{export}: expected BadNumber, got {other:?}"),
+        }
+    }
+}
+
+fn node_price<'a>(c: &'a Clearing, node: &str) -> &'a baton_engine::clearing::NodePrice {
+    c.nodes.iter().find(|n| n.id == node).expect("node")
+}
+
+#[test]
+fn degenerate_price_is_the_midpoint_of_its_range_and_ignores_irrelevant_orders() {
+    // Rule 6. D 10@50 and S 10@20 at one node: both fully accepted, so any λ in [20, 50]
+    // supports the dispatch (S full ⇒ λ ≥ 20, D full ⇒ λ ≤ 50). Independently: one more unit
+    // of demand could only displace D (worth 50), one more unit of supply only S (costing 20).
+    // The rule publishes the midpoint, 35, and says it is not unique.
+    let base = r#"
+  { id = "D", node = "N", side = "buy",  blocks = [{ quantity = "10", price = "50" }] },
+  { id = "S", node = "N", side = "sell", blocks = [{ quantity = "10", price = "20" }] },"#;
+    let c = clear(&single_node(base));
+    let n = node_price(&c, "N");
+    assert_eq!(n.price, dec!(35));
+    assert_eq!(n.unique, Some(false));
+    assert_eq!(n.range, Some((dec!(20), dec!(50))));
+    // Orders out of the money by a wide margin change neither the range nor the price (the
+    // solver's vertex may move with them: a new column is a new basis to end on).
+    for extra in [
+        r#"{ id = "B0", node = "N", side = "buy", blocks = [{ quantity = "5", price = "10" }] },"#,
+        r#"{ id = "S9", node = "N", side = "sell", blocks = [{ quantity = "3", price = "60" }] },"#,
+        r#"{ id = "A1", node = "N", side = "buy", blocks = [{ quantity = "1", price = "-1000" }] },"#,
+    ] {
+        let c = clear(&single_node(&format!("{base}\n  {extra}")));
+        let n = node_price(&c, "N");
+        assert_eq!(
+            (n.price, n.range),
+            (dec!(35), Some((dec!(20), dec!(50)))),
+            "{extra}"
+        );
+    }
+    // A bid inside the range narrows it: B 5@30 rejected ⇒ λ ≥ 30, so [30, 50] and 40.
+    let c = clear(&single_node(&format!(
+        "{base}\n  {{ id = \"B\", node = \"N\", side = \"buy\", blocks = [{{ quantity = \"5\", price = \"30\" }}] }},"
+    )));
+    assert_eq!(fill(&c, "B"), dec!(0));
+    let n = node_price(&c, "N");
+    assert_eq!((n.price, n.range), (dec!(40), Some((dec!(30), dec!(50)))));
+}
+
+#[test]
+fn congested_line_price_is_central_between_its_bid_and_the_far_side() {
+    // Rule 6 on a network. S 10@20 at A, D 5@50 at B, line AB limited to 5: D is served in
+    // full over the full line, S is marginal at A ⇒ λA = 20, unique. At B, D full ⇒ λB ≤ 50
+    // and the line at its limit ⇒ its congestion value μ = λB − λA ≥ 0 ⇒ λB ≥ 20: the range is
+    // [20, 50]. The max-min point maximises min(50 − λB, λB − 20, …) ⇒ λB = 35.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}, {{ id = "B" }}]
+lines = [{{ id = "AB", from = "A", to = "B", x = "0.1", capacity = "5" }}]
+orders = [
+  {{ id = "S", node = "A", side = "sell", blocks = [{{ quantity = "10", price = "20" }}] }},
+  {{ id = "D", node = "B", side = "buy",  blocks = [{{ quantity = "5", price = "50" }}] }},
+]"#
+    ));
+    let c = clear(&m);
+    let (a, b) = (node_price(&c, "A"), node_price(&c, "B"));
+    assert_eq!(
+        (a.price, a.unique, a.range),
+        (dec!(20), Some(true), Some((dec!(20), dec!(20))))
+    );
+    assert_eq!(
+        (b.price, b.unique, b.range),
+        (dec!(35), Some(false), Some((dec!(20), dec!(50))))
+    );
+    assert_eq!(b.congestion, dec!(15));
+}
+
+#[test]
+fn a_second_round_centres_the_wider_range() {
+    // Rule 6, lexicographic. Two islands: P with D 10@50, S 10@20 (range [20, 50]) and Q with
+    // D 10@40, S 10@38 (range [38, 40]). The smallest margin is at most 1 (Q at 39); any
+    // λP in [21, 49] achieves it, so a second round maximises P's margin alone: λP = 35.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "P" }}, {{ id = "Q" }}]
+orders = [
+  {{ id = "DP", node = "P", side = "buy",  blocks = [{{ quantity = "10", price = "50" }}] }},
+  {{ id = "SP", node = "P", side = "sell", blocks = [{{ quantity = "10", price = "20" }}] }},
+  {{ id = "DQ", node = "Q", side = "buy",  blocks = [{{ quantity = "10", price = "40" }}] }},
+  {{ id = "SQ", node = "Q", side = "sell", blocks = [{{ quantity = "10", price = "38" }}] }},
+]"#
+    ));
+    let c = clear(&m);
+    assert_eq!(price(&c, "Q"), dec!(39));
+    assert_eq!(price(&c, "P"), dec!(35));
+}
+
+#[test]
+fn a_charging_battery_offers_its_charge_plus_its_capacity_as_up_flexibility() {
+    // Rule 8. A battery of capacity 10 (a power range −10..+10) charges 10 (buy 10@0.50, on the
+    // device) from G (20@0.10); the operator wants 15 of up-flexibility at up to 1.00 and the
+    // battery offers 20 at 0.02. Its net schedule is −10, so it can move up by 10 + 10 = 20:
+    // stop charging (10) and discharge (10). Old rule (`buy + down ≤ C`, `sell + up ≤ C`): up
+    // ≤ 10.
+    // Optimum: charge 10, up 15 (net −10 + 15 = 5 ≤ 10, the row is slack). G 10 of 20 ⇒
+    // λ = 0.10; the offer is partial ⇒ π = 0.02. Welfare = 0.50·10 − 0.10·10 + 1.00·15 −
+    // 0.02·15 = 18.70.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "bat", node = "A", capacity = "10" }}]
+orders = [
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.10" }}] }},
+  {{ id = "BC", participant = "b", node = "A", side = "buy", device = "bat", blocks = [{{ quantity = "10", price = "0.50" }}] }},
+]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "15", price = "1.00" }}] }}]
+flex_offers = [{{ id = "BF", participant = "b", node = "A", direction = "up", device = "bat", blocks = [{{ quantity = "20", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!((fill(&c, "BC"), fill(&c, "G")), (dec!(10), dec!(10)));
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(15));
+    let r = &c.flex_requirements[0];
+    assert_eq!((r.procured, r.price), (dec!(15), dec!(0.02)));
+    assert_eq!(price(&c, "A"), dec!(0.10));
+    assert_eq!(c.welfare, dec!(18.70));
+
+    // With 25 wanted (offer 30), the device's room binds: charging 10, the most it bids for,
+    // leaves 10 + 10 = 20 of up-flex (net −10 + 20 = C). R is partial at 20 ⇒ π = 1.00, and
+    // the partial offer prices the device's up row at 1.00 − 0.02 = 0.98.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "bat", node = "A", capacity = "10" }}]
+orders = [
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.10" }}] }},
+  {{ id = "BC", participant = "b", node = "A", side = "buy", device = "bat", blocks = [{{ quantity = "10", price = "0.50" }}] }},
+]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "25", price = "1.00" }}] }}]
+flex_offers = [{{ id = "BF", participant = "b", node = "A", direction = "up", device = "bat", blocks = [{{ quantity = "30", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!(fill(&c, "BC"), dec!(10));
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(20));
+    let r = &c.flex_requirements[0];
+    assert_eq!((r.procured, r.price), (dec!(20), dec!(1.00)));
+}
+
+#[test]
+fn buy_and_sell_on_one_device_are_netted() {
+    // Rule 8. A device of capacity 5 carries a sell 8@0.10 and a buy 4@0.60: netted, the
+    // schedule sell 8 − buy 4 = 4 is within −5..+5, so both fill (the old rule capped the
+    // sell at 5). D 10@1.00 takes the rest: supply 8 (device) vs demand 4 + 10 ⇒ 6 short
+    // from G 20@0.30 ⇒ G 6, λ = 0.30.
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+devices = [{{ id = "dev", node = "A", capacity = "5" }}]
+orders = [
+  {{ id = "D", node = "A", side = "buy", blocks = [{{ quantity = "10", price = "1.00" }}] }},
+  {{ id = "G", node = "A", side = "sell", blocks = [{{ quantity = "20", price = "0.30" }}] }},
+  {{ id = "DS", participant = "p", node = "A", side = "sell", device = "dev", blocks = [{{ quantity = "8", price = "0.10" }}] }},
+  {{ id = "DB", participant = "p", node = "A", side = "buy", device = "dev", blocks = [{{ quantity = "4", price = "0.60" }}] }},
+]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!((fill(&c, "DS"), fill(&c, "DB")), (dec!(8), dec!(4)));
+    assert_eq!((fill(&c, "D"), fill(&c, "G")), (dec!(10), dec!(6)));
+    assert_eq!(price(&c, "A"), dec!(0.30));
 }

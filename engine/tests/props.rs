@@ -238,8 +238,21 @@ fn check_feasible(spec: &MarketSpec, m: &Market, c: &Clearing) -> Result<(), Tes
             fill.accepted_total
         );
     }
-    // Nodal balance, within flow rounding.
+    // Nodal balance, within flow rounding, counting the node relaxations (rule 7).
     let mut net = vec![Decimal::ZERO; n];
+    let node_index: HashMap<&str, usize> = m
+        .node_ids()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    for r in &c.relaxations {
+        match r.kind {
+            "node_shortfall" => net[node_index[r.id.as_str()]] += r.quantity,
+            "node_spill" => net[node_index[r.id.as_str()]] -= r.quantity,
+            _ => {}
+        }
+    }
     for (o, fill) in m.orders().iter().zip(&c.orders) {
         match o.side {
             Side::Sell => net[o.node] += fill.accepted_total,
@@ -270,6 +283,16 @@ fn check_feasible(spec: &MarketSpec, m: &Market, c: &Clearing) -> Result<(), Tes
     // Each island balances exactly in decimals.
     let island = island_of(spec);
     let mut island_net: BTreeMap<usize, Decimal> = BTreeMap::new();
+    for r in &c.relaxations {
+        let sign = match r.kind {
+            "node_shortfall" => Decimal::ONE,
+            "node_spill" => Decimal::NEGATIVE_ONE,
+            _ => continue,
+        };
+        *island_net
+            .entry(island[node_index[r.id.as_str()]])
+            .or_default() += sign * r.quantity;
+    }
     for (o, fill) in m.orders().iter().zip(&c.orders) {
         let e = island_net.entry(island[o.node]).or_default();
         match o.side {
@@ -385,6 +408,11 @@ fn check_settlement(m: &Market, c: &Clearing) -> Result<(), TestCaseError> {
         *bought.entry(a.buyer.as_str()).or_default() += a.quantity;
         *sold.entry(a.seller.as_str()).or_default() += a.quantity;
     }
+    // Rule 7: what a node relaxation served or took has no counterparty.
+    let relaxed = c
+        .relaxations
+        .iter()
+        .any(|r| r.kind == "node_shortfall" || r.kind == "node_spill");
     for fill in &c.orders {
         let attributed = match fill.side {
             Side::Buy => bought.get(fill.id.as_str()),
@@ -392,6 +420,10 @@ fn check_settlement(m: &Market, c: &Clearing) -> Result<(), TestCaseError> {
         }
         .copied()
         .unwrap_or_default();
+        if relaxed {
+            prop_assert!(attributed <= fill.accepted_total);
+            continue;
+        }
         prop_assert_eq!(
             attributed,
             fill.accepted_total,
@@ -408,6 +440,7 @@ fn check_all(spec: &MarketSpec) -> Result<(), TestCaseError> {
     let m = market(spec);
     let c = clear(&m, Method::Full)?;
     check_feasible(spec, &m, &c)?;
+    check_price_bounds(&m, &c)?;
     check_fill_rule(&m, &c)?;
     check_rational(&m, &c)?;
     check_settlement(&m, &c)?;
@@ -613,8 +646,8 @@ fn reference(spec: &MarketSpec) -> Result<Reference, String> {
     // (row entries, rhs): rows built as sparse lists first.
     let mut balance: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_nodes];
     let mut bound_rows: Vec<(Vec<(usize, f64)>, f64)> = Vec::new();
-    let floor = f64::from(PRICE_FLOOR as i32);
-    let cap = f64::from(PRICE_CAP as i32);
+    let floor = f64_of(spec.price_floor);
+    let cap = f64_of(spec.price_cap);
     for o in &spec.orders {
         let node = index[o.node.as_str()];
         for b in &o.blocks {
@@ -629,6 +662,14 @@ fn reference(spec: &MarketSpec) -> Result<Reference, String> {
             balance[node].push((q, sign));
             bound_rows.push((vec![(q, 1.0), (u, 1.0)], quantity));
         }
+    }
+    // Rule 7: at every node an unbounded shortfall (injection at the cap) and spill
+    // (withdrawal at the floor).
+    for row in balance.iter_mut() {
+        let short = new_col(cap);
+        let spill = new_col(-floor);
+        row.push((short, 1.0));
+        row.push((spill, -1.0));
     }
     let mut theta: Vec<Option<(usize, usize)>> = vec![None; n_nodes];
     for (i, t) in theta.iter_mut().enumerate() {
@@ -700,7 +741,11 @@ fn check_optimal(spec: &MarketSpec, c: &Clearing) -> Result<(), TestCaseError> {
         .iter()
         .flat_map(|o| &o.blocks)
         .map(|b| f64_of(b.price.unwrap_or(spec.price_cap)).abs() * 1e-6)
-        .sum();
+        .sum::<f64>()
+        // and each node's two relaxations, rounded the same way
+        + (f64_of(spec.price_cap).abs() + f64_of(spec.price_floor).abs())
+            * 1e-6
+            * spec.nodes.len() as f64;
     prop_assert!(
         (w - r.welfare).abs() <= 1e-6 * r.welfare.abs().max(1.0) + rounding_allowance,
         "welfare {} but the reference finds {}",
@@ -742,8 +787,191 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
+/// Rule 7: every nodal price lies within the market's floor and cap, and every relaxation used
+/// is priced at the bound its node's price sits on.
+fn check_price_bounds(m: &Market, c: &Clearing) -> Result<(), TestCaseError> {
+    for node in &c.nodes {
+        prop_assert!(
+            node.price >= m.price_floor() && node.price <= m.price_cap(),
+            "node {} price {} outside [{}, {}]",
+            node.id,
+            node.price,
+            m.price_floor(),
+            m.price_cap()
+        );
+    }
+    for r in &c.relaxations {
+        let bound = match r.kind {
+            "node_shortfall" => m.price_cap(),
+            "node_spill" => m.price_floor(),
+            _ => continue,
+        };
+        prop_assert!(r.quantity > Decimal::ZERO, "{:?}", r);
+        prop_assert_eq!(r.penalty, bound);
+        let node = c.nodes.iter().find(|n| n.id == r.id).expect("relaxed node");
+        prop_assert_eq!(
+            node.price,
+            bound,
+            "relaxation {:?} at a node priced {}",
+            r,
+            node.price
+        );
+    }
+    Ok(())
+}
+
+/// Rule 6, against an independent computation: each node's reported price range is
+/// `[lo, hi]` where `hi` is the marginal cost of one more unit of demand at the node and `lo`
+/// the marginal value of one more unit of supply there, both from the reference solver's
+/// optimal welfare with a small probe order (a buy at the cap, a sell at the floor). A probe
+/// of ε and of 2ε giving the same slope shows the welfare is linear there (it is concave in
+/// the probe), so the slope is the one-sided derivative itself; otherwise the node is skipped.
+/// The published price lies in its range.
+fn check_price_ranges(spec: &MarketSpec, c: &Clearing) -> Result<(), TestCaseError> {
+    let fail = |e: String| TestCaseError::fail(format!("reference: {e}"));
+    let w0 = reference(spec).map_err(fail)?.welfare;
+    let probe = |node: &str, side: Side, eps: Decimal| -> Result<f64, TestCaseError> {
+        let mut s = spec.clone();
+        s.orders.push(OrderSpec {
+            id: "probe".into(),
+            participant: None,
+            node: node.into(),
+            side,
+            blocks: vec![BlockSpec {
+                quantity: eps,
+                price: Some(match side {
+                    Side::Buy => spec.price_cap,
+                    Side::Sell => spec.price_floor,
+                }),
+            }],
+            device: None,
+        });
+        Ok((reference(&s).map_err(fail)?.welfare - w0) / f64_of(eps))
+    };
+    let (e1, e2) = (Decimal::new(1, 3), Decimal::new(2, 3));
+    for node in &c.nodes {
+        let (lo, hi) = node.range.expect("small markets report every range");
+        prop_assert!(
+            lo <= node.price && node.price <= hi,
+            "node {} price {} outside its range [{}, {}]",
+            node.id,
+            node.price,
+            lo,
+            hi
+        );
+        prop_assert_eq!(node.unique, Some(lo == hi));
+        let (d1, d2) = (
+            probe(&node.id, Side::Buy, e1)?,
+            probe(&node.id, Side::Buy, e2)?,
+        );
+        if (d1 - d2).abs() < 1e-6 {
+            let want = f64_of(spec.price_cap) - d1;
+            prop_assert!(
+                (f64_of(hi) - want).abs() < 1e-4,
+                "node {}: highest optimal price {} but one more unit of demand costs {}",
+                node.id,
+                hi,
+                want
+            );
+        }
+        let (s1, s2) = (
+            probe(&node.id, Side::Sell, e1)?,
+            probe(&node.id, Side::Sell, e2)?,
+        );
+        if (s1 - s2).abs() < 1e-6 {
+            let want = s1 + f64_of(spec.price_floor);
+            prop_assert!(
+                (f64_of(lo) - want).abs() < 1e-4,
+                "node {}: lowest optimal price {} but one more unit of supply is worth {}",
+                node.id,
+                lo,
+                want
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Rule 6: an order that cannot change the set of optimal prices — a buy at the floor or a sell
+/// at the cap, whose bound the node's relaxation columns already impose — moves no published
+/// price (a solver's vertex may move: the new column is a new basis to end on).
+fn check_irrelevant_order(spec: &MarketSpec, node: usize, side: Side) -> Result<(), TestCaseError> {
+    let m = market(spec);
+    let a = clear(&m, Method::Full)?;
+    let node_id = spec.nodes[node % spec.nodes.len()].id.clone();
+    let bound = match side {
+        Side::Buy => spec.price_floor,
+        Side::Sell => spec.price_cap,
+    };
+    let at = a
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .expect("node")
+        .price;
+    prop_assume!(at != bound);
+    let mut s = spec.clone();
+    s.orders.push(OrderSpec {
+        id: "zz-irrelevant".into(),
+        participant: None,
+        node: node_id,
+        side,
+        blocks: vec![BlockSpec {
+            quantity: Decimal::from(5),
+            price: Some(bound),
+        }],
+        device: None,
+    });
+    let b = clear(&market(&s), Method::Full)?;
+    for (x, y) in a.nodes.iter().zip(&b.nodes) {
+        prop_assert_eq!(
+            (x.price, x.range),
+            (y.price, y.range),
+            "node {} moved by an irrelevant order",
+            &x.id
+        );
+    }
+    Ok(())
+}
+
+/// Small markets whose limit prices span the whole band between floor (0) and cap (100), so
+/// that must-take blocks behind congested loops push prices against the bounds.
+fn tight_market() -> impl Strategy<Value = MarketSpec> {
+    market_spec(3..=4, 6, 2..=8).prop_map(|mut spec| {
+        spec.price_floor = Decimal::ZERO;
+        spec.price_cap = Decimal::from(100);
+        spec
+    })
+}
+
 proptest! {
     #![proptest_config(config(512))]
+
+    #[test]
+    fn prices_within_floor_and_cap(spec in tight_market()) {
+        let m = market(&spec);
+        let c = clear(&m, Method::Full)?;
+        check_price_bounds(&m, &c)?;
+        check_feasible(&spec, &m, &c)?;
+        check_fill_rule(&m, &c)?;
+        check_optimal(&spec, &c)?;
+    }
+
+    #[test]
+    fn price_ranges_match_the_welfare_derivatives(spec in small_market()) {
+        let m = market(&spec);
+        let c = clear(&m, Method::Full)?;
+        check_price_ranges(&spec, &c)?;
+    }
+
+    #[test]
+    fn irrelevant_orders_move_no_price(
+        spec in small_market(),
+        node in 0usize..4,
+        buy in any::<bool>(),
+    ) {
+        check_irrelevant_order(&spec, node, if buy { Side::Buy } else { Side::Sell })?;
+    }
 
     #[test]
     fn feasibility(spec in small_market()) {

@@ -85,11 +85,11 @@ fn read(db: &str) -> Report {
 
 /// The two-node market as its comments work it out: the cable A→B (60 kW) is congested, so
 /// λA = 0.30 (the grid's import price: solar 40 kW + grid 20 kW feed the cable) and
-/// λB = 0.35 (the shops' unserved 0.35 block). P2P: solar-A's 40 kW to shops-B across the
+/// λB = 0.35 (the shops' partially served 0.35 block). P2P: solar-A's 40 kW to shops-B across the
 /// cable, battery-B's 10 kW to bakery-B at B: 50 kW, i.e. 50 × 5/60 = 4.1666… → 4.166667 kWh.
 /// The grid's 20 kW: 20 × 5/60 = 1.666667 kWh. The flexibility requirement goes unmet at its
-/// 0.20 cap. Welfare per hour: buys 50 × 0.45 + 20 × 10 (the bakery's must-take block at the
-/// price cap) = 222.5, sells 40 × 0.04 + 10 × 0.12 + 20 × 0.30 = 8.8: 213.7.
+/// 0.20 cap. Welfare per hour: buys 45 × 0.45 + 5 × 0.35 + 20 × 10 (the bakery's must-take
+/// block at the price cap) = 222.0, sells 40 × 0.04 + 10 × 0.12 + 20 × 0.30 = 8.8: 213.2.
 #[test]
 fn summaries_match_the_hand_worked_two_node_market() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +124,7 @@ fn summaries_match_the_hand_worked_two_node_market() {
         assert_eq!(s.flex[0].procured_kw, d("0"));
         assert_eq!(s.flex_procured_kw, d("0"));
         assert_eq!(s.flex_cost.to_string(), "0.00");
-        assert_eq!(s.welfare, d("213.7"));
+        assert_eq!(s.welfare, d("213.2"));
     }
     let t = &r.totals;
     assert_eq!((t.intervals, t.not_cleared, t.orders), (2, 0, 8));
