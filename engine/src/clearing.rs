@@ -600,6 +600,7 @@ fn finish(
         }
     }
     let mut room = device_room(market, &book.steps, &sol);
+    unfill_devices(market, &book.steps, &mut sol, &mut room);
     balance_islands(
         &book.steps,
         &island_of,
@@ -1073,6 +1074,54 @@ fn device_room(market: &Market, steps: &[Step], sol: &LpSolution) -> Vec<(Decima
         }
     }
     room
+}
+
+/// Rounding each LP value on its own can put a device a quantum or two over its capacity (x
+/// and y both half a quantum up). Takes the excess back, first from the flexibility offers on
+/// the device (offer id order; the requirement's demand absorbs it in `balance_flex`), then from
+/// its energy steps in canonical order (the island balance then moves it elsewhere).
+fn unfill_devices(
+    market: &Market,
+    steps: &[Step],
+    sol: &mut LpSolution,
+    room: &mut [(Decimal, Decimal)],
+) {
+    if room
+        .iter()
+        .all(|r| r.0 >= Decimal::ZERO && r.1 >= Decimal::ZERO)
+    {
+        return;
+    }
+    let offers = market.flex_offers();
+    let mut offer_order: Vec<usize> = (0..offers.len()).collect();
+    offer_order.sort_unstable_by(|&a, &b| offers[a].id.cmp(&offers[b].id));
+    for &oi in &offer_order {
+        let Some(d) = offers[oi].device else { continue };
+        let excess = match offers[oi].direction {
+            Direction::Up => &mut room[d].0,
+            Direction::Down => &mut room[d].1,
+        };
+        for c in sol.flex_offer_accepted[oi].iter_mut().flatten() {
+            if *excess >= Decimal::ZERO {
+                break;
+            }
+            let take = c.1.min(-*excess);
+            c.1 -= take;
+            *excess += take;
+        }
+    }
+    for (s, a) in steps.iter().zip(sol.step_accepted.iter_mut()) {
+        let Some(d) = s.device else { continue };
+        let excess = match s.side {
+            Side::Sell => &mut room[d].0,
+            Side::Buy => &mut room[d].1,
+        };
+        if *excess < Decimal::ZERO {
+            let take = (*a).min(-*excess);
+            *a -= take;
+            *excess += take;
+        }
+    }
 }
 
 /// Makes Σ sells = Σ buys exactly in every island after rounding, by moving the residue onto

@@ -773,12 +773,13 @@ fn tied_blocks_of_one_order_favour_the_earlier_block() {
     assert_eq!(fill(&c, "p"), dec!(0.333333));
 }
 
-/// The device test market: loop 1–2–3 with x₁₂ = 1, x₂₃ = x₁₃ = 0.5 and line 13 limited to 4.
-/// Injections at 1 and 2 withdrawn at 3 put ¾ and ¼ of themselves on line 13.
+/// The device test market: loop 1–2–3 with x₁₂ = 3, x₂₃ = x₁₃ = 0.5 and line 13 limited to 4.
+/// An injection at 1 withdrawn at 3 puts 3.5/4 = ⅞ of itself on line 13 (the other path is
+/// 3.5 long, line 13 0.5); one at 2 puts ⅛ there (path 2–1–3 is 3.5 long, line 23 0.5).
 const DEVICE_LOOP: &str = r#"
 nodes = [{ id = "1" }, { id = "2" }, { id = "3" }]
 lines = [
-  { id = "12", from = "1", to = "2", x = "1" },
+  { id = "12", from = "1", to = "2", x = "3" },
   { id = "23", from = "2", to = "3", x = "0.5" },
   { id = "13", from = "1", to = "3", x = "0.5", capacity = "4" },
 ]
@@ -786,12 +787,13 @@ devices = [{ id = "bat", node = "1", capacity = "9" }]
 "#;
 
 /// Issue 10, defect 2: the battery at node 1 sells energy x (0.10) and up-flexibility y (0.01)
-/// from one capacity of 9; G at node 2 (0.50) and the 10.000003 of demand at node 3. Line 13:
-/// ¾x + ¼G ≤ 4 with x + G = D ⇒ x = 8 − D/2 = 2.9999985, G = 7.0000045, and the battery fills
-/// the rest with flexibility (requirement 20 at 0.20 ⇒ worth 0.19 a unit): y = 6.0000015.
-/// Rounded half to even: x 2.999998, G 7.000004, y 6.000002, so one quantum of energy is
-/// missing. It was added to the first partial step in canonical order, the battery's sell,
-/// reporting 2.999999 + 6.000002 = 9.000001 on a 9 kW battery; it must go to G.
+/// from one capacity of 9; G at node 2 (0.50) and D, 10.000001 at node 3. Line 13:
+/// ⅞x + ⅛G ≤ 4 with x + G = D ⇒ x = (32 − D)/6 = 3.6666665, G = 6.3333345, and the battery
+/// fills the rest with flexibility (requirement 20 at 0.20, worth 0.19 a unit): y = 5.3333335.
+/// HiGHS' binary values lie just above the halves, so each rounds up on its own: x 3.666667,
+/// G 6.333334, y 5.333334, and the battery was reported at 9.000001 of 9. The quantum comes off
+/// the flexibility (the requirement's partial demand absorbs it): y 5.333333. (The island
+/// residue, too, may now raise a device's step only where its capacity leaves room.)
 #[test]
 fn rounding_residue_never_overfills_a_device() {
     let m = market(&format!(
@@ -799,7 +801,7 @@ fn rounding_residue_never_overfills_a_device() {
 orders = [
   {{ id = "B", node = "1", side = "sell", device = "bat", blocks = [{{ quantity = "20", price = "0.10" }}] }},
   {{ id = "G", node = "2", side = "sell", blocks = [{{ quantity = "20", price = "0.50" }}] }},
-  {{ id = "D", node = "3", side = "buy", blocks = [{{ quantity = "10.000003", price = "1.00" }}] }},
+  {{ id = "D", node = "3", side = "buy", blocks = [{{ quantity = "10.000001", price = "1.00" }}] }},
 ]
 flex_requirements = [{{ id = "R", nodes = ["1"], direction = "up", blocks = [{{ quantity = "20", price = "0.20" }}] }}]
 flex_offers = [{{ id = "BF", node = "1", direction = "up", device = "bat", blocks = [{{ quantity = "20", price = "0.01" }}] }}]
@@ -809,7 +811,13 @@ flex_offers = [{{ id = "BF", node = "1", direction = "up", device = "bat", block
     let used = fill(&c, "B") + c.flex_offers[0].accepted_total;
     assert!(used <= dec!(9), "battery reports {used} of 9");
     assert_eq!(fill(&c, "B") + fill(&c, "G"), fill(&c, "D"));
-    assert_eq!(fill(&c, "D"), dec!(10.000003));
+    assert_eq!(fill(&c, "D"), dec!(10.000001));
+    assert_eq!(
+        (fill(&c, "B"), fill(&c, "G")),
+        (dec!(3.666667), dec!(6.333334))
+    );
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(5.333333));
+    assert_eq!(c.flex_requirements[0].procured, dec!(5.333333));
 }
 
 /// Issue 10, defect 4: D buys 0.001 at 0.001 for an hour, a payment of 0.000001 that rounds
