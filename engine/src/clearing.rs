@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::lp::{self, LpError, LpSolution, Step, StepMode};
-use crate::model::{islands, Direction, Market, Side};
+use crate::model::{islands, Direction, Market, OrderOrigin, Side};
 use crate::units::{round_at, PRICE_SCALE, QUANTITY_SCALE};
 
 /// Books with more blocks than this clear by the active-set method; smaller ones by one LP.
@@ -99,7 +99,8 @@ pub struct LineFlow {
     pub id: String,
     /// Flow, positive from → to.
     pub flow: Decimal,
-    /// Whether |flow| is at the limit.
+    /// Whether the line has a limit and the reported |flow| is at or above it: the limit binds
+    /// (with soft limits, an overloaded line is congested too). An unlimited line never is.
     pub congested: bool,
     /// Overload beyond the limit (soft limits only).
     pub overload: Decimal,
@@ -136,7 +137,8 @@ pub struct FlexOfferResult {
     pub direction: Direction,
     /// Accepted per block, summed over requirements.
     pub accepted: Vec<Decimal>,
-    /// (requirement index, quantity) allocations, for settlement.
+    /// (requirement index, quantity): the offer's allocation to each requirement it serves,
+    /// summed over its blocks, non-zero only, in requirement id order; each is paid once.
     #[serde(skip)]
     pub allocations: Vec<(usize, Decimal)>,
     /// Sum of `accepted`.
@@ -222,11 +224,33 @@ pub struct Clearing {
     pub flex_requirements: Vec<FlexRequirementResult>,
     /// Per flexibility offer.
     pub flex_offers: Vec<FlexOfferResult>,
+    /// Per device, input order: capacity used and its shadow prices.
+    pub devices: Vec<DeviceResult>,
     /// Every relaxation used.
     pub relaxations: Vec<Relaxation>,
-    /// Island of each node, by index into `islands` (reference node first).
+    /// Per island (same index as `islands` and [`NodePrice::island`]): its reference node.
+    pub references: Vec<IslandReference>,
+    /// Nodes of each island, ascending by id (the canonical order of the P2P walk).
     #[serde(skip)]
     pub islands: Vec<Vec<usize>>,
+}
+
+/// A device's outcome: what the auditor needs to check its capacity rows and the fill rule net
+/// of their shadow prices.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceResult {
+    /// Device id.
+    pub id: String,
+    /// Capacity.
+    pub capacity: Decimal,
+    /// Its up row's use, `net + up` with `net = sells − buys` (≤ capacity; rule 8).
+    pub up_used: Decimal,
+    /// Its down row's use, `−net + down` (≤ capacity).
+    pub down_used: Decimal,
+    /// Shadow price of its `net + up ≤ capacity` row (≥ 0; 0 when the row is slack).
+    pub up_shadow_price: Decimal,
+    /// Shadow price of its `−net + down ≤ capacity` row (≥ 0).
+    pub down_shadow_price: Decimal,
 }
 
 /// Aggregated steps and the blocks behind each, in canonical order.
@@ -596,7 +620,15 @@ fn finish(
     for n in 0..n_nodes {
         relaxed[island_of[n]] += sol.node_shortfall[n] - sol.node_spill[n];
     }
-    balance_islands(&book.steps, &island_of, &relaxed, &mut sol.step_accepted)?;
+    let mut room = device_room(market, &book.steps, &sol);
+    unfill_devices(market, &book.steps, &mut sol, &mut room);
+    balance_islands(
+        &book.steps,
+        &island_of,
+        &relaxed,
+        &mut sol.step_accepted,
+        &mut room,
+    )?;
 
     // Fills: tie rule within each step.
     let orders = market.orders();
@@ -610,35 +642,37 @@ fn finish(
             accepted[*oi as usize][*bi as usize] = acc;
             continue;
         }
-        let shares = split_pro_rata(
-            acc,
-            step.quantity,
-            members
-                .iter()
-                .map(|&(oi, bi)| orders[oi as usize].blocks[bi as usize].quantity),
-        );
-        for (&(oi, bi), share) in members.iter().zip(shares) {
-            accepted[oi as usize][bi as usize] = share;
+        // Must-take blocks (entered at the cap or floor) come first in a tie with priced
+        // blocks at the same price: they share the step's quantity among themselves, and the
+        // priced ones share what is left.
+        let block = |&(oi, bi): &(u32, u16)| orders[oi as usize].blocks[bi as usize];
+        let (must, priced): (Vec<(u32, u16)>, Vec<(u32, u16)>) =
+            members.iter().partition(|&&m| block(&m).must_take);
+        let must_total: Decimal = must.iter().map(|m| block(m).quantity).sum();
+        let to_must = acc.min(must_total);
+        for (group, total, given) in [
+            (&must, must_total, to_must),
+            (&priced, step.quantity - must_total, acc - to_must),
+        ] {
+            if group.is_empty() {
+                continue;
+            }
+            let shares = split_pro_rata(
+                given,
+                total,
+                group
+                    .iter()
+                    .map(|m| block(m).quantity)
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
+            for (&(oi, bi), share) in group.iter().zip(shares) {
+                accepted[oi as usize][bi as usize] = share;
+            }
         }
     }
 
     check_fill_rule(market, book, &sol)?;
-
-    let prices = &sol.node_price;
-    let nodes: Vec<NodePrice> = (0..n_nodes)
-        .map(|n| {
-            let reference = islands[island_of[n]][0];
-            NodePrice {
-                id: market.node_ids()[n].clone(),
-                price: prices[n],
-                energy: prices[reference],
-                congestion: prices[n] - prices[reference],
-                island: island_of[n],
-                unique: sol.node_range[n].unique,
-                range: sol.node_range[n].range,
-            }
-        })
-        .collect();
 
     let mut welfare = Decimal::ZERO;
     let mut relaxations = Vec::new();
@@ -696,6 +730,22 @@ fn finish(
             });
         }
     }
+    let references = reference_nodes(market, &islands, &island_of, &fills);
+    let prices = &sol.node_price;
+    let nodes: Vec<NodePrice> = (0..n_nodes)
+        .map(|n| {
+            let reference = references[island_of[n]].node;
+            NodePrice {
+                id: market.node_ids()[n].clone(),
+                price: prices[n],
+                energy: prices[reference],
+                congestion: prices[n] - prices[reference],
+                island: island_of[n],
+                unique: sol.node_range[n].unique,
+                range: sol.node_range[n].range,
+            }
+        })
+        .collect();
 
     let lines: Vec<LineFlow> = market
         .lines()
@@ -741,12 +791,15 @@ fn finish(
             }
         })
         .collect();
+    split_flex_ties(market, &mut sol.flex_offer_accepted);
     let flex_offers: Vec<FlexOfferResult> = market
         .flex_offers()
         .iter()
         .enumerate()
         .map(|(oi, o)| {
-            let mut allocations = Vec::new();
+            // One allocation per requirement, summed over the offer's blocks (settlement pays
+            // each once), in the canonical requirement order the LP columns follow.
+            let mut allocations: Vec<(usize, Decimal)> = Vec::new();
             let accepted: Vec<Decimal> = o
                 .blocks
                 .iter()
@@ -754,10 +807,16 @@ fn finish(
                 .map(|(b, cols)| {
                     let total: Decimal = cols.iter().map(|c| c.1).sum();
                     welfare -= b.price * total;
-                    allocations.extend(cols.iter().filter(|c| !c.1.is_zero()).copied());
+                    for &(ri, q) in cols {
+                        match allocations.iter_mut().find(|a| a.0 == ri) {
+                            Some(a) => a.1 += q,
+                            None => allocations.push((ri, q)),
+                        }
+                    }
                     total
                 })
                 .collect();
+            allocations.retain(|a| !a.1.is_zero());
             FlexOfferResult {
                 id: o.id.clone(),
                 account: o.account.clone(),
@@ -769,18 +828,228 @@ fn finish(
         })
         .collect();
     // Flex supply and demand of each requirement must match exactly in decimals.
-    balance_flex(flex_requirements, flex_offers, market).map(|(reqs, offers)| Clearing {
+    let (flex_requirements, flex_offers) = balance_flex(flex_requirements, flex_offers, market)?;
+    for (r, res) in market.flex_requirements().iter().zip(&flex_requirements) {
+        for (b, &a) in r.blocks.iter().zip(&res.accepted) {
+            if b.must_take && a < b.quantity {
+                relaxations.push(Relaxation {
+                    kind: "unprocured_flexibility",
+                    id: r.id.clone(),
+                    quantity: b.quantity - a,
+                    penalty: b.price,
+                });
+            }
+        }
+    }
+    let devices = device_results(market, &fills, &flex_offers, &sol);
+    Ok(Clearing {
         market: market.name().to_string(),
         interval_minutes: market.interval_minutes(),
         welfare,
         nodes,
         orders: fills,
         lines,
-        flex_requirements: reqs,
-        flex_offers: offers,
+        flex_requirements,
+        flex_offers,
+        devices,
         relaxations,
+        references,
         islands,
     })
+}
+
+/// Each device's use of its capacity in the reported (rounded) result, and the shadow prices
+/// of its two capacity rows.
+fn device_results(
+    market: &Market,
+    fills: &[OrderFill],
+    offers: &[FlexOfferResult],
+    sol: &LpSolution,
+) -> Vec<DeviceResult> {
+    let mut used = vec![(Decimal::ZERO, Decimal::ZERO); market.devices().len()];
+    for (o, f) in market.orders().iter().zip(fills) {
+        if let Some(d) = o.device {
+            // Rule 8: energy is netted, `net = sells − buys`, in both rows.
+            let net = match o.side {
+                Side::Sell => f.accepted_total,
+                Side::Buy => -f.accepted_total,
+            };
+            used[d].0 += net;
+            used[d].1 -= net;
+        }
+    }
+    for (o, f) in market.flex_offers().iter().zip(offers) {
+        if let Some(d) = o.device {
+            match o.direction {
+                Direction::Up => used[d].0 += f.accepted_total,
+                Direction::Down => used[d].1 += f.accepted_total,
+            }
+        }
+    }
+    market
+        .devices()
+        .iter()
+        .zip(used)
+        .zip(&sol.device_shadow)
+        .map(
+            |((d, (up, down)), &(up_shadow, down_shadow))| DeviceResult {
+                id: d.id.clone(),
+                capacity: d.capacity,
+                up_used: up,
+                down_used: down,
+                up_shadow_price: up_shadow,
+                down_shadow_price: down_shadow,
+            },
+        )
+        .collect()
+}
+
+/// How an island's reference node was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceRule {
+    /// The node of the island's grid connection (the lowest grid connection id if several).
+    GridConnection,
+    /// No grid connection: the node with the most accepted supply (sell orders), ties to the
+    /// node with the most line ends, then to the lowest node id.
+    LargestSupply,
+}
+
+/// An island's reference node, where `energy` is read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IslandReference {
+    /// Node index of the reference.
+    #[serde(skip)]
+    pub node: usize,
+    /// Node id of the reference.
+    pub reference: String,
+    /// Which rule chose it.
+    pub rule: ReferenceRule,
+}
+
+/// Each island's reference node (MARKET.md, "Decomposition"): the feeder head when the island
+/// has a grid connection, otherwise the node of its largest accepted supply.
+fn reference_nodes(
+    market: &Market,
+    islands: &[Vec<usize>],
+    island_of: &[usize],
+    fills: &[OrderFill],
+) -> Vec<IslandReference> {
+    let ids = market.node_ids();
+    // Lowest grid connection id per island.
+    let mut grid: Vec<Option<(&str, usize)>> = vec![None; islands.len()];
+    for o in market.orders() {
+        if let OrderOrigin::Grid { connection } = o.origin {
+            let gid = market.grid_connections()[connection].id.as_str();
+            let slot = &mut grid[island_of[o.node]];
+            if slot.is_none_or(|(g, _)| gid < g) {
+                *slot = Some((gid, o.node));
+            }
+        }
+    }
+    let mut supply = vec![Decimal::ZERO; ids.len()];
+    for f in fills {
+        if f.side == Side::Sell {
+            supply[f.node] += f.accepted_total;
+        }
+    }
+    let mut degree = vec![0usize; ids.len()];
+    for l in market.lines() {
+        degree[l.from] += 1;
+        degree[l.to] += 1;
+    }
+    islands
+        .iter()
+        .zip(grid)
+        .map(|(isl, g)| match g {
+            Some((_, node)) => IslandReference {
+                node,
+                reference: ids[node].clone(),
+                rule: ReferenceRule::GridConnection,
+            },
+            None => {
+                // Islands list their nodes by id, so `min_by` keeps the lowest id in a tie.
+                let node = *isl
+                    .iter()
+                    .min_by(|&&a, &&b| {
+                        supply[b]
+                            .cmp(&supply[a])
+                            .then(degree[b].cmp(&degree[a]))
+                            .then(ids[a].cmp(&ids[b]))
+                    })
+                    .expect("islands are not empty");
+                IslandReference {
+                    node,
+                    reference: ids[node].clone(),
+                    rule: ReferenceRule::LargestSupply,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The tie rule for flexibility: offer blocks without a device, of one direction, at one price
+/// and counting towards the same requirements are interchangeable, so the LP's choice among
+/// them is re-made by rule. Their pooled allocation is shared pro rata to the blocks' quantities
+/// by [`split_pro_rata`] (members in canonical order: offer id, then block), then each block's
+/// share is filled from the requirements in canonical order (requirement id), walking both lists
+/// like the P2P walk. Each requirement's supply, each block's bound and the welfare are
+/// unchanged, so the solution stays optimal.
+fn split_flex_ties(market: &Market, alloc: &mut [Vec<Vec<(usize, Decimal)>>]) {
+    let offers = market.flex_offers();
+    // (direction, price, matching requirements) → members (offer, block).
+    type Key = (Direction, Decimal, Vec<usize>);
+    let mut groups: std::collections::BTreeMap<Key, Vec<(usize, usize)>> = Default::default();
+    for (oi, o) in offers.iter().enumerate() {
+        if o.device.is_some() {
+            continue;
+        }
+        for (bi, b) in o.blocks.iter().enumerate() {
+            let reqs: Vec<usize> = alloc[oi][bi].iter().map(|c| c.0).collect();
+            if reqs.is_empty() {
+                continue;
+            }
+            groups
+                .entry((o.direction, b.price, reqs))
+                .or_default()
+                .push((oi, bi));
+        }
+    }
+    for ((_, _, reqs), mut members) in groups {
+        if members.len() < 2 {
+            continue;
+        }
+        members.sort_unstable_by(|a, b| offers[a.0].id.cmp(&offers[b.0].id).then(a.1.cmp(&b.1)));
+        let mut pooled: Vec<Decimal> = vec![Decimal::ZERO; reqs.len()];
+        for &(oi, bi) in &members {
+            for (k, c) in alloc[oi][bi].iter().enumerate() {
+                pooled[k] += c.1;
+            }
+        }
+        let quantity = |&(oi, bi): &(usize, usize)| offers[oi].blocks[bi].quantity;
+        let total: Decimal = members.iter().map(quantity).sum();
+        let shares = split_pro_rata(
+            pooled.iter().sum(),
+            total,
+            members.iter().map(quantity).collect::<Vec<_>>().into_iter(),
+        );
+        let mut r = 0;
+        for (&(oi, bi), mut share) in members.iter().zip(shares) {
+            let cols = &mut alloc[oi][bi];
+            for c in cols.iter_mut() {
+                c.1 = Decimal::ZERO;
+            }
+            while !share.is_zero() && r < reqs.len() {
+                let q = share.min(pooled[r]);
+                cols[r].1 += q;
+                share -= q;
+                pooled[r] -= q;
+                if pooled[r].is_zero() {
+                    r += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Checks that, per requirement, the offers' allocations add up to exactly the procured total.
@@ -828,14 +1097,108 @@ fn balance_flex(
     Ok((reqs, offers))
 }
 
+/// Per device, the room left in its (`net + up ≤ C`, `−net + down ≤ C`) rows by the rounded solution.
+/// Negative when rounding alone overfilled it (then nothing may be added there).
+fn device_room(market: &Market, steps: &[Step], sol: &LpSolution) -> Vec<(Decimal, Decimal)> {
+    // Rule 8: `net + up ≤ C` and `−net + down ≤ C` with `net = sells − buys`; the pair is
+    // (C − net − up, C + net − down), the room each row has left.
+    let mut room: Vec<(Decimal, Decimal)> = market
+        .devices()
+        .iter()
+        .map(|d| (d.capacity, d.capacity))
+        .collect();
+    for (s, &a) in steps.iter().zip(&sol.step_accepted) {
+        if let Some(d) = s.device {
+            shift_room(&mut room[d], s.side, a);
+        }
+    }
+    for (o, blocks) in market.flex_offers().iter().zip(&sol.flex_offer_accepted) {
+        if let Some(d) = o.device {
+            let q: Decimal = blocks.iter().flatten().map(|c| c.1).sum();
+            match o.direction {
+                Direction::Up => room[d].0 -= q,
+                Direction::Down => room[d].1 -= q,
+            }
+        }
+    }
+    room
+}
+
+/// Moves a device's room for `delta` more energy on one side: a sell raises the net injection
+/// (less room up, more room down), a buy lowers it.
+fn shift_room(room: &mut (Decimal, Decimal), side: Side, delta: Decimal) {
+    let signed = match side {
+        Side::Sell => delta,
+        Side::Buy => -delta,
+    };
+    room.0 -= signed;
+    room.1 += signed;
+}
+
+/// The room a device leaves for raising an energy step of `side` on it.
+fn room_for(room: (Decimal, Decimal), side: Side) -> Decimal {
+    match side {
+        Side::Sell => room.0,
+        Side::Buy => room.1,
+    }
+}
+
+/// Rounding each LP value on its own can put a device a quantum or two over its capacity (x
+/// and y both half a quantum up). Takes the excess back, first from the flexibility offers on
+/// the device (offer id order; the requirement's demand absorbs it in `balance_flex`), then from
+/// its energy steps in canonical order (the island balance then moves it elsewhere).
+fn unfill_devices(
+    market: &Market,
+    steps: &[Step],
+    sol: &mut LpSolution,
+    room: &mut [(Decimal, Decimal)],
+) {
+    if room
+        .iter()
+        .all(|r| r.0 >= Decimal::ZERO && r.1 >= Decimal::ZERO)
+    {
+        return;
+    }
+    let offers = market.flex_offers();
+    let mut offer_order: Vec<usize> = (0..offers.len()).collect();
+    offer_order.sort_unstable_by(|&a, &b| offers[a].id.cmp(&offers[b].id));
+    for &oi in &offer_order {
+        let Some(d) = offers[oi].device else { continue };
+        let excess = match offers[oi].direction {
+            Direction::Up => &mut room[d].0,
+            Direction::Down => &mut room[d].1,
+        };
+        for c in sol.flex_offer_accepted[oi].iter_mut().flatten() {
+            if *excess >= Decimal::ZERO {
+                break;
+            }
+            let take = c.1.min(-*excess);
+            c.1 -= take;
+            *excess += take;
+        }
+    }
+    for (s, a) in steps.iter().zip(sol.step_accepted.iter_mut()) {
+        let Some(d) = s.device else { continue };
+        let excess = room_for(room[d], s.side);
+        if excess < Decimal::ZERO {
+            let take = (*a).min(-excess);
+            *a -= take;
+            shift_room(&mut room[d], s.side, -take);
+        }
+    }
+}
+
 /// Makes Σ sells = Σ buys exactly in every island after rounding, by moving the residue onto
 /// steps that are partially accepted (those at the price), first in canonical order; failing
-/// that, onto any step with room. The residue is a few quanta at most.
+/// that, onto any step with room. A step on a device is raised only as far as the device's
+/// capacity leaves room (`room`, updated as quantities move). The residue is a few quanta at
+/// most.
 fn balance_islands(
     steps: &[Step],
     island_of: &[usize],
     relaxed: &[Decimal],
     accepted: &mut [Decimal],
+    room: &mut [(Decimal, Decimal)],
 ) -> Result<(), ClearError> {
     let mut net = relaxed.to_vec();
     for (s, &a) in steps.iter().zip(accepted.iter()) {
@@ -872,7 +1235,11 @@ fn balance_islands(
                     Side::Sell => -left,
                     Side::Buy => left,
                 };
-                let target = (*a + delta).clamp(Decimal::ZERO, s.quantity);
+                let mut target = (*a + delta).clamp(Decimal::ZERO, s.quantity);
+                if let Some(d) = s.device {
+                    target = target.min(*a + room_for(room[d], s.side).max(Decimal::ZERO));
+                    shift_room(&mut room[d], s.side, target - *a);
+                }
                 let moved = target - *a;
                 *a = target;
                 left -= match s.side {
@@ -890,9 +1257,19 @@ fn balance_islands(
     Ok(())
 }
 
+/// A quantity as an integer number of quanta at [`QUANTITY_SCALE`] (|q| ≤ 1e8 · 1e6 and the
+/// products below, < 1e29, fit in `i128`).
+fn quantity_quanta(q: Decimal) -> i128 {
+    let mut d = q;
+    d.rescale(QUANTITY_SCALE);
+    d.mantissa()
+}
+
 /// Splits `accepted` of `total` over members pro rata to their quantities, at the quantity
-/// scale: each gets its share rounded down, then the remaining quanta go one each to the members
-/// with the largest dropped remainders, ties to the earlier member (canonical order).
+/// scale, exactly in integers of quanta: member i's exact share is `A·qᵢ / T` quanta; each gets
+/// its floor, then the quanta left over go one each to the members with the largest dropped
+/// remainders `A·qᵢ mod T` (compared exactly), ties to the earlier member (canonical order:
+/// order id, then block index, so among blocks of one order the earlier block wins).
 pub fn split_pro_rata(
     accepted: Decimal,
     total: Decimal,
@@ -909,35 +1286,29 @@ pub fn split_pro_rata(
     if accepted == total {
         return qs;
     }
-    let quantum = Decimal::new(1, QUANTITY_SCALE);
-    let mut shares = Vec::with_capacity(n);
-    let mut rema = Vec::with_capacity(n);
-    let mut given = Decimal::ZERO;
+    let (a, t) = (quantity_quanta(accepted), quantity_quanta(total));
+    let mut shares: Vec<i128> = Vec::with_capacity(n);
+    let mut rema: Vec<(i128, usize)> = Vec::with_capacity(n);
     for (i, &q) in qs.iter().enumerate() {
-        let exact = accepted * q / total;
-        let mut floor =
-            exact.round_dp_with_strategy(QUANTITY_SCALE, rust_decimal::RoundingStrategy::ToZero);
-        floor.rescale(QUANTITY_SCALE);
-        given += floor;
-        rema.push((exact - floor, i));
-        shares.push(floor);
+        let p = a * quantity_quanta(q);
+        shares.push(p / t);
+        rema.push((p % t, i));
     }
-    let mut left = ((accepted - given) / quantum)
-        .round()
-        .to_string()
-        .parse::<usize>()
-        .unwrap_or(0);
-    rema.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, i) in rema.iter() {
+    let mut left = a - shares.iter().sum::<i128>();
+    rema.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    for &(_, i) in &rema {
         if left == 0 {
             break;
         }
-        if shares[i] + quantum <= qs[i] {
-            shares[i] += quantum;
+        if shares[i] < quantity_quanta(qs[i]) {
+            shares[i] += 1;
             left -= 1;
         }
     }
     shares
+        .into_iter()
+        .map(|s| Decimal::from_i128_with_scale(s, QUANTITY_SCALE))
+        .collect()
 }
 
 /// The fill rule: at its node's price, a block strictly in the money is fully accepted and one

@@ -254,11 +254,17 @@ pub(crate) fn solve(
     }
 
     // Flexibility: one column per (offer block, matching requirement).
+    // Requirements, offers and devices enter in canonical order (by id) too, and an offer's
+    // matching requirements in requirement id order (pinned by
+    // `reversing_flex_offers_changes_nothing_but_record_order`).
     let reqs = market.flex_requirements();
     let offers = market.flex_offers();
+    let req_order = canonical_order(reqs.iter().map(|r| &r.id));
+    let offer_order = canonical_order(offers.iter().map(|o| &o.id));
     let mut req_supply: Vec<Expression> = reqs.iter().map(|_| Expression::default()).collect();
-    let mut req_block_var: Vec<Vec<Variable>> = Vec::with_capacity(reqs.len());
-    for (ri, r) in reqs.iter().enumerate() {
+    let mut req_block_var: Vec<Vec<Variable>> = vec![Vec::new(); reqs.len()];
+    for &ri in &req_order {
+        let r = &reqs[ri];
         let mut bv = Vec::with_capacity(r.blocks.len());
         for b in &r.blocks {
             let v = vars.add(variable().min(0.0).max(f(b.quantity)));
@@ -266,20 +272,23 @@ pub(crate) fn solve(
             req_supply[ri].add_mul(-1.0, v);
             bv.push(v);
         }
-        req_block_var.push(bv);
+        req_block_var[ri] = bv;
     }
-    let mut offer_vars: Vec<Vec<Vec<(usize, Variable)>>> = Vec::with_capacity(offers.len());
+    let mut offer_vars: Vec<Vec<Vec<(usize, Variable)>>> = vec![Vec::new(); offers.len()];
     let mut offer_block_rows: Vec<Constraint> = Vec::new();
     let devices = market.devices();
+    let device_order = canonical_order(devices.iter().map(|d| &d.id));
     let mut dev_up: Vec<Expression> = devices.iter().map(|_| Expression::default()).collect();
     let mut dev_down: Vec<Expression> = devices.iter().map(|_| Expression::default()).collect();
     let mut dev_used = vec![(false, false); devices.len()];
-    for o in offers {
-        let matching: Vec<usize> = reqs
+    for &oi in &offer_order {
+        let o = &offers[oi];
+        let matching: Vec<usize> = req_order
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.direction == o.direction && r.nodes.binary_search(&o.node).is_ok())
-            .map(|(i, _)| i)
+            .copied()
+            .filter(|&ri| {
+                reqs[ri].direction == o.direction && reqs[ri].nodes.binary_search(&o.node).is_ok()
+            })
             .collect();
         let mut per_block = Vec::with_capacity(o.blocks.len());
         for b in &o.blocks {
@@ -309,7 +318,7 @@ pub(crate) fn solve(
             }
             per_block.push(cols);
         }
-        offer_vars.push(per_block);
+        offer_vars[oi] = per_block;
     }
     // Rule 8: a device is a power range −C..+C around zero; energy on it is netted
     // (`net = sells − buys`) and flexibility is measured from that schedule:
@@ -373,24 +382,34 @@ pub(crate) fn solve(
             problem.add_constraint(constraint::geq(Expression::from(fl) + *down, -f(c)));
         }
     }
-    let req_rows: Vec<ConstraintReference> = req_supply
+    let mut req_slot: Vec<Option<Expression>> = req_supply.into_iter().map(Some).collect();
+    let mut req_row: Vec<Option<ConstraintReference>> = vec![None; reqs.len()];
+    for &ri in &req_order {
+        let e = req_slot[ri].take().expect("one row per requirement");
+        req_row[ri] = Some(problem.add_constraint(constraint::eq(e, 0.0)));
+    }
+    let req_rows: Vec<ConstraintReference> = req_row
         .into_iter()
-        .map(|e| problem.add_constraint(constraint::eq(e, 0.0)))
+        .map(|r| r.expect("every requirement has a row"))
         .collect();
     for row in offer_block_rows {
         problem.add_constraint(row);
     }
     let mut dev_rows: Vec<(Option<ConstraintReference>, Option<ConstraintReference>)> =
-        Vec::with_capacity(devices.len());
-    for (((d, up), down), used) in devices.iter().zip(dev_up).zip(dev_down).zip(&dev_used) {
-        let cap = f(d.capacity);
+        vec![(None, None); devices.len()];
+    let mut dev_exprs: Vec<Option<(Expression, Expression)>> =
+        dev_up.into_iter().zip(dev_down).map(Some).collect();
+    for &di in &device_order {
+        let (up, down) = dev_exprs[di].take().expect("one pair of rows per device");
+        let cap = f(devices[di].capacity);
+        let used = dev_used[di];
         let r_up = used
             .0
             .then(|| problem.add_constraint(constraint::leq(up, cap)));
         let r_down = used
             .1
             .then(|| problem.add_constraint(constraint::leq(down, cap)));
-        dev_rows.push((r_up, r_down));
+        dev_rows[di] = (r_up, r_down);
     }
     let rows = n_nodes + lines.len() + req_rows.len();
 

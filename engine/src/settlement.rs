@@ -92,16 +92,21 @@ pub fn settle(market: &Market, clearing: &Clearing) -> Settlement {
         }
         let price = clearing.nodes[fill.node].price;
         let rate = price * fill.accepted_total;
+        // Rounded after the sign is applied, so that a payment that rounds to nothing is
+        // `0.00`, never `-0.00`; and a zero amount is not posted at all.
         let amount = match fill.side {
             Side::Buy => {
                 rent_rate += rate;
-                -money(rate, minutes)
+                money(-rate, minutes)
             }
             Side::Sell => {
                 rent_rate -= rate;
                 money(rate, minutes)
             }
         };
+        if amount.is_zero() {
+            continue;
+        }
         postings.push(Posting {
             account: fill.account.clone(),
             amount,
@@ -131,7 +136,7 @@ pub fn settle(market: &Market, clearing: &Clearing) -> Settlement {
             });
             postings.push(Posting {
                 account: req.account.clone(),
-                amount: -amount,
+                amount: money(-req.price * q, minutes),
                 memo,
             });
         }

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::clearing::Clearing;
+use crate::clearing::{Clearing, ReferenceRule};
 use crate::model::{BlockSpec, LineSpec, MarketSpec, NodeSpec, OrderSpec, Side};
 use crate::settlement::Settlement;
 
@@ -253,11 +253,14 @@ struct ResultOut<'a> {
     nodes: Vec<NodeOut<'a>>,
     orders: Vec<OrderOut<'a>>,
     lines: Vec<LineOut<'a>>,
+    islands: Vec<IslandOut<'a>>,
     relaxations: Vec<RelaxOut<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     flex_requirements: Vec<FlexReqOut<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     flex_offers: Vec<FlexOfferOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    devices: Vec<DeviceOut<'a>>,
     settlement: SettlementOut<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timings_s: Option<serde_json::Value>,
@@ -291,6 +294,29 @@ struct LineOut<'a> {
 }
 
 #[derive(Serialize)]
+struct IslandOut<'a> {
+    island: usize,
+    reference: &'a str,
+    rule: ReferenceRule,
+}
+
+#[derive(Serialize)]
+struct DeviceOut<'a> {
+    id: &'a str,
+    capacity: Num,
+    up_used: Num,
+    down_used: Num,
+    up_shadow_price: Num,
+    down_shadow_price: Num,
+}
+
+#[derive(Serialize)]
+struct AllocationOut<'a> {
+    requirement: &'a str,
+    quantity: Num,
+}
+
+#[derive(Serialize)]
 struct RelaxOut<'a> {
     kind: &'a str,
     id: &'a str,
@@ -315,6 +341,7 @@ struct FlexOfferOut<'a> {
     id: &'a str,
     accepted: Vec<Num>,
     accepted_total: Num,
+    allocations: Vec<AllocationOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -385,6 +412,16 @@ pub fn write_result(
                 congested: l.congested,
             })
             .collect(),
+        islands: clearing
+            .references
+            .iter()
+            .enumerate()
+            .map(|(k, r)| IslandOut {
+                island: k,
+                reference: &r.reference,
+                rule: r.rule,
+            })
+            .collect(),
         relaxations: clearing
             .relaxations
             .iter()
@@ -414,6 +451,26 @@ pub fn write_result(
                 id: &o.id,
                 accepted: o.accepted.iter().map(|&a| num(a)).collect(),
                 accepted_total: num(o.accepted_total),
+                allocations: o
+                    .allocations
+                    .iter()
+                    .map(|&(ri, q)| AllocationOut {
+                        requirement: &clearing.flex_requirements[ri].id,
+                        quantity: num(q),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        devices: clearing
+            .devices
+            .iter()
+            .map(|d| DeviceOut {
+                id: &d.id,
+                capacity: num(d.capacity),
+                up_used: num(d.up_used),
+                down_used: num(d.down_used),
+                up_shadow_price: num(d.up_shadow_price),
+                down_shadow_price: num(d.down_shadow_price),
             })
             .collect(),
         settlement: SettlementOut {

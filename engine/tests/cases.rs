@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use baton_engine::clearing::{clear_with, Clearing, Method};
+use baton_engine::clearing::{clear_with, Clearing, Method, ReferenceRule};
 use baton_engine::model::{Market, MarketError};
 use baton_engine::scenario;
 use baton_engine::settlement::settle;
+use baton_engine::study::write_result;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -126,9 +127,10 @@ orders = [
     assert_eq!((fill(&c, "G1"), fill(&c, "G2")), (dec!(30), dec!(60)));
     assert_eq!(flow(&c, "13"), dec!(40));
     assert!(c.lines.iter().find(|l| l.id == "13").unwrap().congested);
-    // Reference node is "1" (first id of the island): energy 10, congestion 0 / 40 / 80.
+    // No grid connection: the reference is the node of the largest accepted supply, "2" (G2
+    // sells 60): energy 50, congestion −40 / 0 / +40.
     let n3 = c.nodes.iter().find(|n| n.id == "3").unwrap();
-    assert_eq!((n3.energy, n3.congestion), (dec!(10), dec!(80)));
+    assert_eq!((n3.energy, n3.congestion), (dec!(50), dec!(40)));
     // Rent = 90·90 − (10·30 + 50·60) = 8100 − 3300 = 4800 = μ·40.
     let b = balances(&m, &c);
     assert_eq!(b["network-operator"], dec!(4800));
@@ -929,4 +931,343 @@ orders = [
     assert_eq!((fill(&c, "DS"), fill(&c, "DB")), (dec!(8), dec!(4)));
     assert_eq!((fill(&c, "D"), fill(&c, "G")), (dec!(10), dec!(6)));
     assert_eq!(price(&c, "A"), dec!(0.30));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defects an independent reference LP found (issue 10), each named after its defect
+// ---------------------------------------------------------------------------------------------
+
+/// The study-format bytes of a clearing and its settlement.
+fn output(m: &Market) -> String {
+    let c = clear(m);
+    write_result(&c, &settle(m, &c), m.participant_order_count(), None)
+}
+
+/// A JSON value with every array of records (objects) sorted by the records' text: two
+/// outputs that differ only in the order of their records become equal, bit for bit in every
+/// record.
+fn records_sorted(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.into_iter().map(records_sorted).collect();
+            if items.iter().all(Value::is_object) {
+                items.sort_by_cached_key(|i| i.to_string());
+            }
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, records_sorted(v)))
+                .collect(),
+        ),
+        v => v,
+    }
+}
+
+fn same_records(a: &str, b: &str) {
+    let parse = |s: &str| records_sorted(serde_json::from_str(s).expect("result is JSON"));
+    assert_eq!(parse(a), parse(b));
+}
+
+/// Issue 10, defect 1: reversing the feeder's `flex_offers` moved 5 kW of flexibility and 5 kW
+/// of energy between the batteries at buses 16 and 32 and changed two line flows: offers and
+/// requirements reached HiGHS in input order.
+#[test]
+fn reversing_flex_offers_changes_nothing_but_record_order() {
+    let text = include_str!("../../scenarios/ieee33-feeder.toml");
+    let spec = scenario::parse(text).expect("parses").market;
+    let mut reversed = spec.clone();
+    reversed.flex_offers.reverse();
+    reversed.devices.reverse();
+    let (a, b) = (
+        Market::new(&spec).expect("valid"),
+        Market::new(&reversed).expect("valid"),
+    );
+    same_records(&output(&a), &output(&b));
+}
+
+/// Issue 10, defect 1 (minimal): two interchangeable offers (same node, direction and price,
+/// no device) for one requirement of 6. The LP takes either; the tie rule shares the 6 pro rata
+/// to 5 : 10 = 2 and 4, whatever the record order. π = 0.03 (the offers are marginal), so the
+/// hourly payments are 0.06 and 0.12.
+#[test]
+fn interchangeable_flex_offers_share_pro_rata_in_either_order() {
+    let offers = [
+        r#"{ id = "f1", node = "A", direction = "up", blocks = [{ quantity = "5", price = "0.03" }] }"#,
+        r#"{ id = "f2", node = "A", direction = "up", blocks = [{ quantity = "10", price = "0.03" }] }"#,
+    ];
+    let with = |first: &str, second: &str| {
+        market(&format!(
+            r#"{HEADER}
+nodes = [{{ id = "A" }}]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "6", price = "0.50" }}] }}]
+flex_offers = [{first}, {second}]
+"#
+        ))
+    };
+    let (m, swapped) = (with(offers[0], offers[1]), with(offers[1], offers[0]));
+    for m in [&m, &swapped] {
+        let c = clear(m);
+        let got = |id: &str| {
+            c.flex_offers
+                .iter()
+                .find(|o| o.id == id)
+                .expect("offer")
+                .accepted_total
+        };
+        assert_eq!((got("f1"), got("f2")), (dec!(2), dec!(4)));
+        assert_eq!(c.flex_requirements[0].price, dec!(0.03));
+        let b = balances(m, &c);
+        assert_eq!((b["f1"], b["f2"]), (dec!(0.06), dec!(0.12)));
+    }
+    same_records(&output(&m), &output(&swapped));
+}
+
+/// Issue 10, defect 3: s1 10, s2 10 and s3 40 at one price share 40 of their 60. Exact shares
+/// 6.666666⅔, 6.666666⅔ and 26.666666⅔: the floors leave 2 quanta, and all three dropped
+/// remainders are exactly ⅔ of a quantum, so the ties go to the earliest ids, s1 and s2.
+/// Computed as 28-digit decimals, s3's remainder (fewer fraction digits, rounded up earlier)
+/// looked larger and took a quantum from s2.
+#[test]
+fn equal_pro_rata_remainders_go_to_the_earliest_ids() {
+    let m = single_node(
+        r#"{ id = "s3", node = "N", side = "sell", blocks = [{ quantity = "40", price = "10" }] },
+           { id = "s2", node = "N", side = "sell", blocks = [{ quantity = "10", price = "10" }] },
+           { id = "s1", node = "N", side = "sell", blocks = [{ quantity = "10", price = "10" }] },
+           { id = "D", node = "N", side = "buy", blocks = [{ quantity = "40", price = "20" }] }"#,
+    );
+    let c = clear(&m);
+    assert_eq!(fill(&c, "s1"), dec!(6.666667));
+    assert_eq!(fill(&c, "s2"), dec!(6.666667));
+    assert_eq!(fill(&c, "s3"), dec!(26.666666));
+}
+
+/// Issue 10, item 3: blocks of one order at one price are members of one step like any other;
+/// members are ordered by order id, then block index, so among one order's blocks an exact tie
+/// goes to the earlier block. o has two blocks of 1 at 20 and p one of 1: the 1 of demand gives
+/// ⅓ each; the one leftover quantum goes to o's first block.
+#[test]
+fn tied_blocks_of_one_order_favour_the_earlier_block() {
+    let m = single_node(
+        r#"{ id = "p", node = "N", side = "sell", blocks = [{ quantity = "1", price = "20" }] },
+           { id = "o", node = "N", side = "sell", blocks = [{ quantity = "1", price = "20" }, { quantity = "1", price = "20" }] },
+           { id = "D", node = "N", side = "buy", blocks = [{ quantity = "1", price = "50" }] }"#,
+    );
+    let c = clear(&m);
+    let o = c.orders.iter().find(|o| o.id == "o").expect("order");
+    assert_eq!(o.accepted, vec![dec!(0.333334), dec!(0.333333)]);
+    assert_eq!(fill(&c, "p"), dec!(0.333333));
+}
+
+/// The device test market: loop 1–2–3 with x₁₂ = 3, x₂₃ = x₁₃ = 0.5 and line 13 limited to 4.
+/// An injection at 1 withdrawn at 3 puts 3.5/4 = ⅞ of itself on line 13 (the other path is
+/// 3.5 long, line 13 0.5); one at 2 puts ⅛ there (path 2–1–3 is 3.5 long, line 23 0.5).
+const DEVICE_LOOP: &str = r#"
+nodes = [{ id = "1" }, { id = "2" }, { id = "3" }]
+lines = [
+  { id = "12", from = "1", to = "2", x = "3" },
+  { id = "23", from = "2", to = "3", x = "0.5" },
+  { id = "13", from = "1", to = "3", x = "0.5", capacity = "4" },
+]
+devices = [{ id = "bat", node = "1", capacity = "9" }]
+"#;
+
+/// Issue 10, defect 2: the battery at node 1 sells energy x (0.10) and up-flexibility y (0.01)
+/// from one capacity of 9; G at node 2 (0.50) and D, 10.000001 at node 3. Line 13:
+/// ⅞x + ⅛G ≤ 4 with x + G = D ⇒ x = (32 − D)/6 = 3.6666665, G = 6.3333345, and the battery
+/// fills the rest with flexibility (requirement 20 at 0.20, worth 0.19 a unit): y = 5.3333335.
+/// HiGHS' binary values lie just above the halves, so each rounds up on its own: x 3.666667,
+/// G 6.333334, y 5.333334, and the battery was reported at 9.000001 of 9. The quantum comes off
+/// the flexibility (the requirement's partial demand absorbs it): y 5.333333. (The island
+/// residue, too, may now raise a device's step only where its capacity leaves room.)
+#[test]
+fn rounding_residue_never_overfills_a_device() {
+    let m = market(&format!(
+        r#"{HEADER}{DEVICE_LOOP}
+orders = [
+  {{ id = "B", node = "1", side = "sell", device = "bat", blocks = [{{ quantity = "20", price = "0.10" }}] }},
+  {{ id = "G", node = "2", side = "sell", blocks = [{{ quantity = "20", price = "0.50" }}] }},
+  {{ id = "D", node = "3", side = "buy", blocks = [{{ quantity = "10.000001", price = "1.00" }}] }},
+]
+flex_requirements = [{{ id = "R", nodes = ["1"], direction = "up", blocks = [{{ quantity = "20", price = "0.20" }}] }}]
+flex_offers = [{{ id = "BF", node = "1", direction = "up", device = "bat", blocks = [{{ quantity = "20", price = "0.01" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    let used = fill(&c, "B") + c.flex_offers[0].accepted_total;
+    assert!(used <= dec!(9), "battery reports {used} of 9");
+    assert_eq!(fill(&c, "B") + fill(&c, "G"), fill(&c, "D"));
+    assert_eq!(fill(&c, "D"), dec!(10.000001));
+    assert_eq!(
+        (fill(&c, "B"), fill(&c, "G")),
+        (dec!(3.666667), dec!(6.333334))
+    );
+    assert_eq!(c.flex_offers[0].accepted_total, dec!(5.333333));
+    assert_eq!(c.flex_requirements[0].procured, dec!(5.333333));
+}
+
+/// Issue 10, defect 4: D buys 0.001 at 0.001 for an hour, a payment of 0.000001 that rounds
+/// to nothing. It was posted as `-0.00` (the rounded amount negated) for D and `0.00` for S;
+/// neither may be posted at all, and no amount may read `-0`.
+#[test]
+fn payments_that_round_to_nothing_are_not_posted() {
+    let m = single_node(
+        r#"{ id = "S", node = "N", side = "sell", blocks = [{ quantity = "10", price = "0.001" }] },
+           { id = "D", node = "N", side = "buy", blocks = [{ quantity = "0.001", price = "1" }] }"#,
+    );
+    let c = clear(&m);
+    assert_eq!((fill(&c, "D"), price(&c, "N")), (dec!(0.001), dec!(0.001)));
+    let s = settle(&m, &c);
+    assert!(
+        s.postings.iter().all(|p| !p.amount.is_zero()),
+        "{:?}",
+        s.postings
+    );
+    assert!(
+        !output(&m).contains("-0."),
+        "a negative zero in {}",
+        output(&m)
+    );
+}
+
+/// Issue 10, defect 5: the offer's two cheap blocks of 0.0375 are both taken and its dearer
+/// block is marginal (0.025 of 1 at 0.10), so π = 0.10. Paid per block, each 0.10 × 0.0375 =
+/// 0.00375 rounded half to even to 0.00, and the third 0.0025 to 0.00: nothing. MARKET.md pays
+/// the offer's allocation, 0.10 × 0.1 = 0.01, once.
+#[test]
+fn flexibility_is_paid_on_the_offer_allocation_not_per_block() {
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "0.1", price = "0.50" }}] }}]
+flex_offers = [{{ id = "F", node = "A", direction = "up", blocks = [{{ quantity = "0.0375", price = "0.01" }}, {{ quantity = "0.0375", price = "0.02" }}, {{ quantity = "1", price = "0.10" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!(c.flex_requirements[0].price, dec!(0.10));
+    assert_eq!(
+        c.flex_offers[0].accepted,
+        vec![dec!(0.0375), dec!(0.0375), dec!(0.025)]
+    );
+    assert_eq!(c.flex_offers[0].allocations, vec![(0, dec!(0.1))]);
+    let b = balances(&m, &c);
+    assert_eq!((b["F"], b["network-operator"]), (dec!(0.01), dec!(-0.01)));
+}
+
+/// Issue 10, rule 9: the energy component is read at the feeder head. Node "9" has the grid
+/// connection (imports at 0.30), line 9→10 carries at most 5 to D at "10" (10 at 1.00): λ9 =
+/// 0.30, λ10 = 1.00 (D marginal). The reference was the first id in string order, "10", which
+/// made the feeder head's congestion −0.70; it is "9", so energy 0.30 and node 10's congestion
+/// +0.70. The island a–b has no grid connection: its reference is b, the node of its largest
+/// accepted supply (S sells 3), not a.
+#[test]
+fn the_reference_node_is_the_feeder_head() {
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "10" }}, {{ id = "9" }}, {{ id = "a" }}, {{ id = "b" }}]
+lines = [
+  {{ id = "l", from = "9", to = "10", x = "0.1", capacity = "5" }},
+  {{ id = "ab", from = "a", to = "b", x = "0.1" }},
+]
+grid_connections = [{{ id = "head", node = "9", import_limit = "100", import_price = "0.30", export_limit = "100", export_price = "0.01" }}]
+orders = [
+  {{ id = "D", node = "10", side = "buy", blocks = [{{ quantity = "10", price = "1.00" }}] }},
+  {{ id = "S", node = "b", side = "sell", blocks = [{{ quantity = "5", price = "0.10" }}] }},
+  {{ id = "B", node = "a", side = "buy", blocks = [{{ quantity = "3", price = "0.50" }}] }},
+]"#
+    ));
+    let c = clear(&m);
+    let node = |id: &str| c.nodes.iter().find(|n| n.id == id).expect("node").clone();
+    let (n9, n10) = (node("9"), node("10"));
+    assert_eq!((n9.price, n10.price), (dec!(0.30), dec!(1.00)));
+    assert_eq!((n9.energy, n9.congestion), (dec!(0.30), dec!(0)));
+    assert_eq!((n10.energy, n10.congestion), (dec!(0.30), dec!(0.70)));
+    let refs: Vec<(&str, ReferenceRule)> = c
+        .references
+        .iter()
+        .map(|r| (r.reference.as_str(), r.rule))
+        .collect();
+    assert_eq!(
+        refs,
+        vec![
+            ("9", ReferenceRule::GridConnection),
+            ("b", ReferenceRule::LargestSupply)
+        ]
+    );
+    assert!(output(&m).contains(r#""reference": "9""#));
+}
+
+/// Issue 10, rule 10: S supplies 10; the must-take M (8, entered at the cap 1000) and P, 8
+/// priced at exactly the cap, tie. Pro rata they got 5 and 5 and M was reported unserved by 3;
+/// must-take demand comes first: M 8, P 2, no relaxation. The buyers are marginal: λ = 1000.
+#[test]
+fn must_take_demand_comes_before_priced_demand_at_the_cap() {
+    let m = single_node(
+        r#"{ id = "S", node = "N", side = "sell", blocks = [{ quantity = "10", price = "0" }] },
+           { id = "P", node = "N", side = "buy", blocks = [{ quantity = "8", price = "1000" }] },
+           { id = "M", node = "N", side = "buy", blocks = [{ quantity = "8" }] }"#,
+    );
+    let c = clear(&m);
+    assert_eq!((fill(&c, "M"), fill(&c, "P")), (dec!(8), dec!(2)));
+    assert_eq!(price(&c, "N"), dec!(1000));
+    assert!(c.relaxations.is_empty(), "{:?}", c.relaxations);
+}
+
+/// Issue 10, rule 10: a must-take flexibility requirement (5, entered at the cap) that the only
+/// offer (3 at 0.02) cannot meet is reported as a relaxation of 2 at the cap.
+#[test]
+fn a_must_take_flexibility_shortfall_is_a_relaxation() {
+    let m = market(&format!(
+        r#"{HEADER}
+nodes = [{{ id = "A" }}]
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "5" }}] }}]
+flex_offers = [{{ id = "F", node = "A", direction = "up", blocks = [{{ quantity = "3", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    assert_eq!(c.flex_requirements[0].procured, dec!(3));
+    let r: Vec<(&str, &str, Decimal, Decimal)> = c
+        .relaxations
+        .iter()
+        .map(|r| (r.kind, r.id.as_str(), r.quantity, r.penalty))
+        .collect();
+    assert_eq!(
+        r,
+        vec![("unprocured_flexibility", "R", dec!(2), dec!(1000))]
+    );
+}
+
+/// Issue 10, rule 11: the auditor's view of `flexibility_binds_the_device_and_is_co_optimised`
+/// (energy 6 + flex 4 on the 10 kW battery, μ = 0.20, π = 0.22): the result file names the
+/// device's use and shadow prices, and the offer's allocation to each requirement, so the fill
+/// rule net of μ (0.10 + 0.20 = λ 0.30; 0.02 + 0.20 = π 0.22) can be checked from it alone.
+#[test]
+fn the_result_shows_device_shadow_prices_and_flex_allocations() {
+    let m = market(&format!(
+        r#"{HEADER}{FLEX_BASE}
+flex_requirements = [{{ id = "R", nodes = ["A"], direction = "up", blocks = [{{ quantity = "4", price = "0.50" }}] }}]
+flex_offers = [{{ id = "BF", participant = "bat", node = "A", direction = "up", device = "bat1", blocks = [{{ quantity = "10", price = "0.02" }}] }}]
+"#
+    ));
+    let c = clear(&m);
+    let d = &c.devices[0];
+    assert_eq!(
+        (d.id.as_str(), d.capacity, d.up_used, d.down_used),
+        // Rule 8: up row net + up = 6 + 4; down row −net + down = −6 + 0.
+        ("bat1", dec!(10), dec!(10), dec!(-6))
+    );
+    assert_eq!(
+        (d.up_shadow_price, d.down_shadow_price),
+        (dec!(0.2), dec!(0))
+    );
+    let v: serde_json::Value = serde_json::from_str(&output(&m)).expect("JSON");
+    assert_eq!(
+        v["flex_offers"][0]["allocations"],
+        serde_json::json!([{ "requirement": "R", "quantity": 4.000000 }])
+    );
+    assert_eq!(
+        v["devices"][0]["up_shadow_price"],
+        serde_json::json!(0.200000)
+    );
 }

@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use baton_engine::model::{BlockSpec, LineSpec, NodeSpec, OrderSpec};
+use baton_engine::model::{
+    BlockSpec, DeviceSpec, Direction, FlexOfferSpec, FlexRequirementSpec, GridConnectionSpec,
+    LineSpec, NodeSpec, OrderSpec,
+};
 use baton_engine::study::write_result;
 use baton_engine::{clear_with, settle, Clearing, Market, MarketSpec, Method, Side};
 use proptest::prelude::*;
@@ -1219,4 +1222,256 @@ fn clearing_statistics_never_panic_on_a_busy_machine() {
             });
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markets with flexibility, devices and grid connections
+// ---------------------------------------------------------------------------------------------
+
+/// A flexibility curve's block: 0.5 to 10 at 0 to 2 (prices on a coarse grid so ties are
+/// common), sometimes must-take when `must_take` allows it.
+fn flex_block(must_take: bool) -> impl Strategy<Value = BlockSpec> {
+    (
+        (50i64..=1000).prop_map(cents),
+        prop_oneof![
+            4 => prop::sample::select(vec![0i64, 10, 20, 50, 100, 200]).prop_map(|c| Some(cents(c))),
+            if must_take { 1 } else { 0 } => Just(None),
+        ],
+    )
+        .prop_map(|(quantity, price)| BlockSpec { quantity, price })
+}
+
+fn direction() -> impl Strategy<Value = Direction> {
+    prop_oneof![Just(Direction::Up), Just(Direction::Down)]
+}
+
+/// A small market of [`small_market`]'s shape plus 0–3 devices (capacity 1–20), energy orders
+/// and flexibility offers on them, 0–1 grid connection, 0–2 flexibility requirements and 0–5
+/// offers.
+fn flex_market() -> impl Strategy<Value = MarketSpec> {
+    (1usize..=4).prop_flat_map(|n| {
+        let devices = prop::collection::vec((0..n, (100i64..=2000).prop_map(cents)), 0..=3);
+        let grid = prop::option::of((0..n, (0i64..=3000).prop_map(cents), 0i64..=100));
+        let orders = prop::collection::vec((order(n), prop::option::of(0usize..3)), 0..=8);
+        let reqs = prop::collection::vec(
+            (
+                prop::collection::btree_set(0..n, 1..=n),
+                direction(),
+                prop::collection::vec(flex_block(true), 1..=2),
+            ),
+            0..=2,
+        );
+        let offers = prop::collection::vec(
+            (
+                0..n,
+                direction(),
+                prop::collection::vec(flex_block(false), 1..=2),
+                prop::option::of(0usize..3),
+            ),
+            0..=5,
+        );
+        (Just(n), lines(n, 5), devices, grid, orders, reqs, offers).prop_map(
+            |(n, lines, devices, grid, orders, reqs, offers)| {
+                let on_device = |node: usize, d: Option<usize>| {
+                    d.filter(|&d| devices.get(d).is_some_and(|dev| dev.0 == node))
+                        .map(|d| format!("d{d}"))
+                };
+                let mut spec = build(n, lines, orders.iter().map(|(o, _)| o.clone()).collect());
+                for (o, (raw, d)) in spec.orders.iter_mut().zip(&orders) {
+                    o.device = on_device(raw.1, *d);
+                }
+                spec.devices = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(node, capacity))| DeviceSpec {
+                        id: format!("d{i}"),
+                        node: format!("n{node}"),
+                        capacity,
+                    })
+                    .collect();
+                spec.grid_connections = grid
+                    .into_iter()
+                    .map(|(node, limit, price)| GridConnectionSpec {
+                        id: "g".into(),
+                        node: format!("n{node}"),
+                        import_limit: limit,
+                        import_price: cents(price + 5),
+                        export_limit: limit,
+                        export_price: cents(price),
+                    })
+                    .collect();
+                spec.flex_requirements = reqs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (nodes, direction, blocks))| FlexRequirementSpec {
+                        id: format!("r{i}"),
+                        buyer: None,
+                        nodes: nodes.into_iter().map(|k| format!("n{k}")).collect(),
+                        direction,
+                        blocks,
+                    })
+                    .collect();
+                spec.flex_offers = offers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (node, direction, blocks, d))| FlexOfferSpec {
+                        id: format!("f{i}"),
+                        participant: None,
+                        node: format!("n{node}"),
+                        direction,
+                        blocks,
+                        device: on_device(node, d),
+                    })
+                    .collect();
+                spec
+            },
+        )
+    })
+}
+
+/// A JSON value with every array of records (objects) sorted by the records' text.
+fn records_sorted(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.into_iter().map(records_sorted).collect();
+            if items.iter().all(Value::is_object) {
+                items.sort_by_cached_key(|i| i.to_string());
+            }
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, records_sorted(v)))
+                .collect(),
+        ),
+        v => v,
+    }
+}
+
+/// The result file's records, order aside.
+fn result_records(m: &Market) -> Result<serde_json::Value, TestCaseError> {
+    let c = clear(m, Method::Full)?;
+    let text = write_result(&c, &settle(m, &c), m.participant_order_count(), None);
+    Ok(records_sorted(
+        serde_json::from_str(&text).expect("result is JSON"),
+    ))
+}
+
+/// Every record list of the spec shuffled by `seed`'s permutations.
+fn shuffle_all(spec: &MarketSpec, seed: u64) -> MarketSpec {
+    // A small deterministic permutation (an LCG's Fisher–Yates) so the shrinker keeps the seed.
+    fn shuffled<T: Clone>(v: &[T], seed: &mut u64) -> Vec<T> {
+        let mut v = v.to_vec();
+        for i in (1..v.len()).rev() {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let j = (*seed >> 33) as usize % (i + 1);
+            v.swap(i, j);
+        }
+        v
+    }
+    let mut s = seed;
+    let mut out = spec.clone();
+    out.nodes = shuffled(&spec.nodes, &mut s);
+    out.lines = shuffled(&spec.lines, &mut s);
+    out.grid_connections = shuffled(&spec.grid_connections, &mut s);
+    out.devices = shuffled(&spec.devices, &mut s);
+    out.orders = shuffled(&spec.orders, &mut s);
+    out.flex_requirements = shuffled(&spec.flex_requirements, &mut s);
+    out.flex_offers = shuffled(&spec.flex_offers, &mut s);
+    for r in &mut out.flex_requirements {
+        r.nodes = shuffled(&r.nodes, &mut s);
+    }
+    out
+}
+
+fn check_deterministic_everywhere(spec: &MarketSpec, seed: u64) -> Result<(), TestCaseError> {
+    let a = result_records(&market(spec))?;
+    let b = result_records(&market(&shuffle_all(spec, seed)))?;
+    prop_assert_eq!(a, b, "the result's records differ after shuffling");
+    Ok(())
+}
+
+/// No device is reported beyond its capacity, counted from the fills and flexibility offers
+/// (not from the engine's own device summary, which must agree).
+fn check_devices(m: &Market, c: &Clearing) -> Result<(), TestCaseError> {
+    let mut used = vec![(Decimal::ZERO, Decimal::ZERO); m.devices().len()];
+    for (o, f) in m.orders().iter().zip(&c.orders) {
+        if let Some(d) = o.device {
+            // Rule 8: `net + up ≤ C` and `−net + down ≤ C`, `net = sells − buys`.
+            let net = match o.side {
+                Side::Sell => f.accepted_total,
+                Side::Buy => -f.accepted_total,
+            };
+            used[d].0 += net;
+            used[d].1 -= net;
+        }
+    }
+    for (o, f) in m.flex_offers().iter().zip(&c.flex_offers) {
+        if let Some(d) = o.device {
+            match o.direction {
+                Direction::Up => used[d].0 += f.accepted_total,
+                Direction::Down => used[d].1 += f.accepted_total,
+            }
+        }
+    }
+    for ((d, (up, down)), r) in m.devices().iter().zip(used).zip(&c.devices) {
+        prop_assert!(
+            up <= d.capacity && down <= d.capacity,
+            "device {} uses {} up and {} down of {}",
+            d.id,
+            up,
+            down,
+            d.capacity
+        );
+        prop_assert_eq!((r.up_used, r.down_used), (up, down), "device {}", &d.id);
+    }
+    // Each requirement's procurement is exactly what the offers' allocations supply.
+    let mut supplied = vec![Decimal::ZERO; m.flex_requirements().len()];
+    for o in &c.flex_offers {
+        for &(ri, q) in &o.allocations {
+            supplied[ri] += q;
+        }
+        prop_assert_eq!(
+            o.allocations.iter().map(|a| a.1).sum::<Decimal>(),
+            o.accepted_total
+        );
+    }
+    for (r, s) in c.flex_requirements.iter().zip(supplied) {
+        prop_assert_eq!(r.procured, s, "requirement {}", &r.id);
+    }
+    Ok(())
+}
+
+fn check_flex_market(spec: &MarketSpec) -> Result<(), TestCaseError> {
+    let m = market(spec);
+    let c = clear(&m, Method::Full)?;
+    check_feasible(spec, &m, &c)?;
+    check_devices(&m, &c)?;
+    check_settlement(&m, &c)?;
+    let s = settle(&m, &c);
+    for p in &s.postings {
+        prop_assert!(
+            !p.amount.is_zero() && p.amount.to_string() != "-0.00",
+            "{:?}",
+            p
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn determinism_under_shuffling_of_every_record_list(spec in flex_market(), seed in any::<u64>()) {
+        check_deterministic_everywhere(&spec, seed)?;
+    }
+
+    #[test]
+    fn devices_never_exceed_capacity(spec in flex_market()) {
+        check_flex_market(&spec)?;
+    }
 }
