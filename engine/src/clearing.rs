@@ -646,8 +646,15 @@ fn finish(
         // blocks at the same price: they share the step's quantity among themselves, and the
         // priced ones share what is left.
         let block = |&(oi, bi): &(u32, u16)| orders[oi as usize].blocks[bi as usize];
-        let (must, priced): (Vec<(u32, u16)>, Vec<(u32, u16)>) =
-            members.iter().partition(|&&m| block(&m).must_take);
+        let mut must: Vec<(u32, u16)> = Vec::new();
+        let mut priced: Vec<(u32, u16)> = Vec::new();
+        for &m in members {
+            if block(&m).must_take {
+                must.push(m);
+            } else {
+                priced.push(m);
+            }
+        }
         let must_total: Decimal = must.iter().map(|m| block(m).quantity).sum();
         let to_must = acc.min(must_total);
         for (group, total, given) in [
