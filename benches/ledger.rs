@@ -194,9 +194,13 @@ fn main() {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         run("sqlite", &url, entries, batch).await;
 
-        match std::env::var("BATON_TEST_POSTGRES_URL") {
-            Err(_) => println!("postgres: skipped (BATON_TEST_POSTGRES_URL unset)"),
-            Ok(base) => {
+        // Empty (as `VAR= ./.ci/test` leaves it) is unset.
+        match std::env::var("BATON_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        {
+            None => println!("postgres: skipped (BATON_TEST_POSTGRES_URL unset or empty)"),
+            Some(base) => {
                 let schema = format!("bench_{}", hex::encode(rand::random::<[u8; 4]>()));
                 let admin = sqlx_exec(&base, &format!("CREATE SCHEMA {schema}")).await;
                 let sep = if base.contains('?') { '&' } else { '?' };

@@ -182,11 +182,15 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_sqlite() {
 
 #[test]
 fn clear_record_verify_reclear_prove_and_catch_tampering_on_postgres() {
-    let Ok(base) = std::env::var("BATON_TEST_POSTGRES_URL") else {
+    // Empty (as `VAR= ./.ci/test` leaves it) is unset.
+    let Some(base) = std::env::var("BATON_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED: BATON_TEST_POSTGRES_URL unset \u{2014} PostgreSQL audit CLI test did not run"
+            "SKIPPED: BATON_TEST_POSTGRES_URL unset or empty \u{2014} PostgreSQL audit CLI test did not run"
         );
         return;
     };
