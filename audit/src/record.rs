@@ -92,6 +92,14 @@ pub fn result_bytes(market: &Market, clearing: &Clearing, settlement: &Settlemen
     study::write_result(clearing, settlement, market.participant_order_count(), None).into_bytes()
 }
 
+// The engine settles money at `MONEY_SCALE` decimals and the ledger records amounts at exactly
+// `AMOUNT_SCALE`: were they to differ, every settlement would be refused (or, at a larger
+// ledger scale, silently padded) when recorded. This crate sees both, so it ties them here.
+const _: () = assert!(
+    baton_engine::units::MONEY_SCALE == baton_ledger::AMOUNT_SCALE,
+    "the engine's MONEY_SCALE must equal the ledger's AMOUNT_SCALE"
+);
+
 /// The ledger settlement body for an engine settlement.
 pub fn settlement_body(interval: i64, s: &Settlement) -> Result<SettlementBody, RecordError> {
     let postings = s

@@ -3,7 +3,7 @@
 //! Everything here needs only the database URL and the operator's public key; nothing trusts
 //! the writer's caches (the stored Merkle frontier) or the postings index.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io::Write;
 
@@ -44,7 +44,8 @@ impl Default for VerifyOptions {
 pub struct VerifyReport {
     /// Entries verified.
     pub entries: u64,
-    /// Distinct intervals with settlement postings.
+    /// Distinct intervals recorded (an `interval_input`, `interval_result` or `settlement`
+    /// entry names them), whether or not they traded.
     pub intervals: u64,
     /// Checkpoints verified.
     pub checkpoints: u64,
@@ -403,6 +404,7 @@ async fn run_verify(
     let mut totals: BTreeMap<i64, (Amount, u64)> = BTreeMap::new();
     let mut batch_sums: BTreeMap<i64, (Amount, u64)> = BTreeMap::new();
     let mut balances: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut recorded_intervals: BTreeSet<i64> = BTreeSet::new();
     let mut sig_count = 0u64;
     let mut posting_count = 0u64;
 
@@ -453,6 +455,12 @@ async fn run_verify(
             };
             frontier.push(&hash);
             prev_hash = hash;
+            if matches!(
+                kind,
+                EntryKind::IntervalInput | EntryKind::IntervalResult | EntryKind::Settlement
+            ) {
+                recorded_intervals.extend(raw.interval_start);
+            }
 
             let body = match parse_body(kind, &raw.body) {
                 Ok(b) => b,
@@ -636,7 +644,7 @@ async fn run_verify(
     }
     Ok(VerifyReport {
         entries,
-        intervals: totals.len() as u64,
+        intervals: recorded_intervals.len() as u64,
         checkpoints: checkpoints_ok,
         last_checkpoint: checkpoints.last().cloned(),
         participant_signatures: sig_count,

@@ -192,6 +192,7 @@ async fn install_network(
         spec.price_cap = c;
     }
     Market::new(&spec).map_err(|e| invalid("network", e.to_string()))?;
+    check_participant_nodes(shared, &spec)?;
     let body = serde_json::to_vec(&spec).expect("a market spec serialises");
     let mut entries = vec![NewEntry::new(EntryKind::Network, None, body)];
     entries.extend(origin.map(|o| o.event("network")));
@@ -208,6 +209,31 @@ async fn install_network(
         .set_network(spec)
         .map_err(|e| invalid("network", e.to_string()))?;
     Ok(r.first_seq)
+}
+
+/// Refuses a network that lacks the node of an active participant. A participant registered
+/// while no network was loaded is checked here, when one is; and a new network cannot strand
+/// participants at nodes it no longer has.
+fn check_participant_nodes(shared: &Shared, spec: &MarketSpec) -> Result<(), ServiceError> {
+    let st = shared.lock();
+    let mut stranded: Vec<(&String, &String)> = st
+        .participants
+        .iter()
+        .filter(|(_, p)| p.active && !spec.nodes.iter().any(|n| n.id == p.node))
+        .map(|(id, p)| (id, &p.node))
+        .collect();
+    stranded.sort();
+    match stranded.first() {
+        None => Ok(()),
+        Some((id, node)) => Err(invalid(
+            "nodes",
+            format!(
+                "the network has no node {node:?}, where participant {id:?} is registered \
+                 ({} participant(s) at nodes it lacks)",
+                stranded.len()
+            ),
+        )),
+    }
 }
 
 fn parse_scenario(text: &str) -> Result<MarketSpec, ServiceError> {
@@ -548,11 +574,7 @@ impl AdminService for AdminApi {
                 .unwrap_or_default(),
             participants: st.participants.len() as u32,
             open_orders: st.books.values().map(|b| b.len() as u32).sum(),
-            next_interval_start: self
-                .shared
-                .timing
-                .earliest_open(now)
-                .max(st.closed_through + self.shared.timing.interval_s),
+            next_interval_start: self.shared.timing.open_window(now, st.closed_through).0,
             last_cleared_interval: st.cleared.last().copied().unwrap_or(0),
             ledger_head_seq: head,
             now: now.div_euclid(1000),

@@ -12,6 +12,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn scale(&self) -> f64 {
         1.0
     }
+    /// Whether this clock reads the real time of day. A restart over a ledger that already
+    /// records later market time holds such a clock at that time until it catches up (the
+    /// wall clock stepped back); any other clock is moved forward to it and runs on from there.
+    fn tracks_wall_time(&self) -> bool {
+        false
+    }
 }
 
 /// Unix milliseconds of the system clock.
@@ -29,6 +35,58 @@ pub struct WallClock;
 impl Clock for WallClock {
     fn now_ms(&self) -> i64 {
         wall_now_ms()
+    }
+
+    fn tracks_wall_time(&self) -> bool {
+        true
+    }
+}
+
+/// The clock the server runs on: the configured clock, never reading earlier than the market
+/// time the ledger already records. A market clock never goes backwards: after a restart of an
+/// accelerated clock (which starts again from the wall time) the scheduler would otherwise see
+/// gates reopen that it has already closed, and `MarketInfo` would announce a time behind the
+/// intervals it lists as cleared.
+#[derive(Debug)]
+pub(crate) struct MarketClock {
+    inner: std::sync::Arc<dyn Clock>,
+    /// Added to `inner`'s reading (clocks that do not track the wall time).
+    shift_ms: i64,
+    /// The reading never goes below this (clocks that track the wall time).
+    floor_ms: i64,
+}
+
+impl MarketClock {
+    /// `inner`, resumed at `floor_ms` if it reads earlier (see [`Clock::tracks_wall_time`]).
+    pub(crate) fn resume(inner: std::sync::Arc<dyn Clock>, floor_ms: i64) -> Self {
+        let now = inner.now_ms();
+        let shift_ms = if inner.tracks_wall_time() {
+            0
+        } else {
+            floor_ms.saturating_sub(now).max(0)
+        };
+        MarketClock {
+            inner,
+            shift_ms,
+            floor_ms,
+        }
+    }
+}
+
+impl Clock for MarketClock {
+    fn now_ms(&self) -> i64 {
+        self.inner
+            .now_ms()
+            .saturating_add(self.shift_ms)
+            .max(self.floor_ms)
+    }
+
+    fn scale(&self) -> f64 {
+        self.inner.scale()
+    }
+
+    fn tracks_wall_time(&self) -> bool {
+        self.inner.tracks_wall_time()
     }
 }
 
@@ -85,5 +143,23 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         // 20 ms real × 1000 = at least 20 s of market time.
         assert!(c.now_ms() - a >= 20_000);
+    }
+
+    #[test]
+    fn a_resumed_accelerated_clock_moves_forward_to_the_floor_and_runs_on() {
+        let c = MarketClock::resume(std::sync::Arc::new(ScaledClock::new(1_000, 1000.0)), 50_000);
+        let a = c.now_ms();
+        assert!(a >= 50_000, "{a}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(c.now_ms() - a >= 20_000);
+    }
+
+    #[test]
+    fn a_resumed_wall_clock_holds_at_the_floor() {
+        let floor = wall_now_ms() + 3_600_000;
+        let c = MarketClock::resume(std::sync::Arc::new(WallClock), floor);
+        assert_eq!(c.now_ms(), floor);
+        let past = MarketClock::resume(std::sync::Arc::new(WallClock), 0);
+        assert!((past.now_ms() - wall_now_ms()).abs() < 1_000);
     }
 }

@@ -324,6 +324,16 @@ pub async fn run(
         gate_lead_s: config.gate_lead_s,
         intervals_ahead: i64::from(config.intervals_ahead),
     };
+    // The ledger records every interval up to the last one as closed, so market time had passed
+    // at least its gate: resume there if the configured clock reads earlier.
+    let recorded_ms = st
+        .cleared
+        .last()
+        .map_or(i64::MIN, |&s| timing.gate_s(s).saturating_mul(1000));
+    let clock: Arc<dyn Clock> = Arc::new(clock::MarketClock::resume(
+        config.clock.clone(),
+        recorded_ms,
+    ));
     let (commit_tx, commit_rx) = mpsc::channel(INTAKE_QUEUE_DEPTH_MAX);
     let (results_tx, _) = broadcast::channel(WATCH_BUFFER_INTERVALS);
     let (clear_now_tx, clear_now_rx) = mpsc::channel(1);
@@ -331,7 +341,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         ledger: ledger.clone(),
         state: Mutex::new(st),
-        clock: config.clock.clone(),
+        clock,
         timing,
         limits: config.limits.clone(),
         operator,

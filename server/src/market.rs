@@ -444,10 +444,7 @@ impl MarketService for MarketApi {
         let network_version = sh.index().network_seq;
         let st = sh.lock();
         let net = st.network.as_deref();
-        let next_open = sh
-            .timing
-            .earliest_open(now)
-            .max(st.closed_through + sh.timing.interval_s);
+        let (next_open, _) = sh.timing.open_window(now, st.closed_through);
         Ok(Response::new(pb::MarketInfo {
             now: now.div_euclid(1000),
             now_ms: now,

@@ -222,6 +222,15 @@ impl Timing {
         let t = now_ms.div_euclid(1000) + self.gate_lead_s;
         (t.div_euclid(self.interval_s) + 1) * self.interval_s
     }
+
+    /// The first and last interval that accept orders at `now_ms` when every interval up to
+    /// `closed_through` is closed: `intervals_ahead` aligned intervals. `MarketInfo` announces
+    /// exactly this window and intake accepts exactly it.
+    pub(crate) fn open_window(&self, now_ms: i64, closed_through: i64) -> (i64, i64) {
+        let after_closed = (closed_through.div_euclid(self.interval_s) + 1) * self.interval_s;
+        let first = self.earliest_open(now_ms).max(after_closed);
+        (first, first + (self.intervals_ahead - 1) * self.interval_s)
+    }
 }
 
 /// Everything the intake checks and the scheduler share.
@@ -405,14 +414,21 @@ impl MarketState {
                 ),
             ));
         }
-        if start <= self.closed_through || timing.gate_s(start) * 1000 <= now_ms {
+        if timing.gate_s(start) * 1000 <= now_ms {
             return Err(ServiceError::GateClosed(format!(
                 "the gate of interval {start} closed at {}",
                 timing.gate_s(start)
             )));
         }
-        let earliest = timing.earliest_open(now_ms).max(self.closed_through + 1);
-        let last = earliest + (timing.intervals_ahead - 1) * timing.interval_s;
+        if start <= self.closed_through {
+            // Closed before its gate time: an operator's ClearNow cleared it early, or the
+            // ledger records it (a restart of an accelerated clock that reads earlier).
+            return Err(ServiceError::GateClosed(format!(
+                "interval {start} is already closed (cleared ahead of its gate time {})",
+                timing.gate_s(start)
+            )));
+        }
+        let (_, last) = timing.open_window(now_ms, self.closed_through);
         if start > last {
             return Err(ServiceError::GateClosed(format!(
                 "interval {start} is not open yet (orders are accepted up to {last})"

@@ -505,16 +505,13 @@ print(f"done acked={acked} refused={refused}", flush=True)
 
 /// A `baton serve` child process on two-node at 1× wall-clock time; killed when dropped.
 struct ServeChild {
-    child: std::process::Child,
-    addr: String,
+    serve: support::ServeProcess,
 }
 
 impl Drop for ServeChild {
     fn drop(&mut self) {
-        // A SIGSTOPped child must be continued before it can die of SIGKILL's wait.
-        signal(&self.child, "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Continue a SIGSTOPped child so that it dies (and is reaped) promptly.
+        signal(&self.serve.child, "CONT");
     }
 }
 
@@ -529,39 +526,20 @@ fn signal(child: &std::process::Child, name: &str) {
 }
 
 fn spawn_serve(dir: &Path) -> ServeChild {
-    use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let mut command = std::process::Command::new(crate::BATON);
+    command
+        .arg("serve")
         .arg("--db")
-        .arg(format!("sqlite://{}", dir.join("baton.db").display()))
+        .arg(support::sqlite_url(dir))
         .arg("--operator-key")
         .arg(dir.join("operator.key"))
         .arg("--scenario")
-        .arg(repo().join("scenarios/two-node.toml"))
+        .arg(support::scenario_path("two-node.toml"))
         .args(["--open-orders-max", "1000000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baton serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("serve: {line}");
-            if let Some(a) = line.strip_prefix("baton: listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("baton serve prints its address");
-    ServeChild { child, addr }
+        .env("RUST_LOG", "warn");
+    ServeChild {
+        serve: support::ServeProcess::spawn(command, None),
+    }
 }
 
 /// Regression (issue 9, "streams cut under load"): a grpcio client streams small orders while
@@ -576,15 +554,15 @@ async fn a_grpcio_order_stream_survives_a_stopped_server() {
     };
     let dir = tempfile::tempdir().unwrap();
     let serve = spawn_serve(dir.path());
-    let operator = OperatorKey::load(&dir.path().join("operator.key")).unwrap();
-    let channel = Channel::from_shared(format!("http://{}", serve.addr))
+    let operator = baton_ledger::OperatorKey::load(&dir.path().join("operator.key")).unwrap();
+    let channel = Channel::from_shared(format!("http://{}", serve.serve.addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
     let key = SigningKey::from_bytes(&PARTICIPANT_SEED);
     let request = pb::AdminRequest {
-        timestamp: wall_s(),
+        timestamp: support::wall_s(),
         nonce: 1,
         command: Some(Command::RegisterParticipant(pb::RegisterParticipant {
             participant_id: PARTICIPANT.into(),
@@ -615,7 +593,7 @@ async fn a_grpcio_order_stream_survives_a_stopped_server() {
     let mut child = tokio::process::Command::new(&python)
         .arg("-c")
         .arg(STREAM_SCRIPT)
-        .arg(format!("http://{}", serve.addr))
+        .arg(format!("http://{}", serve.serve.addr))
         .arg(PARTICIPANT)
         .arg(&key_file)
         .arg("A")
@@ -648,9 +626,9 @@ async fn a_grpcio_order_stream_survives_a_stopped_server() {
         // Once the stream is flowing, stop the server while the client keeps sending.
         if !stalled && line.starts_with("progress ") {
             stalled = true;
-            signal(&serve.child, "STOP");
+            signal(&serve.serve.child, "STOP");
             tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
-            signal(&serve.child, "CONT");
+            signal(&serve.serve.child, "CONT");
         }
         lines.push(line);
     }

@@ -43,7 +43,6 @@ struct Harness {
     audit: AuditServiceClient<Channel>,
     admin_nonce: u64,
     db_url: String,
-    channel: Channel,
     server: support::Server,
 }
 
@@ -65,7 +64,6 @@ async fn start(db_url: String, o: Options) -> Harness {
         audit: AuditServiceClient::new(channel.clone()),
         admin_nonce: 0,
         db_url,
-        channel,
         server,
     }
 }
@@ -442,7 +440,7 @@ async fn malformed_order_bytes_are_invalid_argument() {
 async fn an_oversize_message_is_resource_exhausted() {
     let (_d, mut h) = with_participants(Options::default()).await;
     let huge = || pb::SignedOrder {
-        order: vec![0; server::GRPC_MESSAGE_BYTES_MAX + 1],
+        order: vec![0; baton_server::GRPC_MESSAGE_BYTES_MAX + 1],
         signature: vec![0; 64],
     };
     let e = h.market.submit_order(huge()).await.unwrap_err();
@@ -543,6 +541,44 @@ async fn a_closed_gate_is_failed_precondition() {
     h.submit(&key(1), &o).await.unwrap();
 }
 
+/// Regression (grpcio findings): after a `ClearNow`, MarketInfo announced `intervals_ahead`
+/// intervals from `next_open_interval` but intake refused the last of them, and the refusal
+/// for the cleared interval said its gate "closed at" a time still in the future.
+#[tokio::test]
+async fn after_clear_now_market_info_and_intake_agree() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let r = h.admin_request(Command::ClearNow(pb::ClearNow {}));
+    let cleared = h.admin.clear_now(r).await.unwrap().into_inner();
+    assert_eq!(cleared.interval_start, T0 + INTERVAL_S);
+    let info = h
+        .market
+        .get_market_info(pb::GetMarketInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.next_open_interval, T0 + 2 * INTERVAL_S);
+    let mut o = sell(1, "10", "0.05");
+    for i in 0..i64::from(info.intervals_ahead) {
+        o.nonce += 1;
+        o.interval_start = info.next_open_interval + i * INTERVAL_S;
+        h.submit(&key(1), &o)
+            .await
+            .unwrap_or_else(|e| panic!("announced interval {} refused: {e:?}", o.interval_start));
+    }
+    o.nonce += 1;
+    o.interval_start += INTERVAL_S;
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The cleared interval's gate time (T0 + 240) is still ahead of the clock (T0 + 1).
+    o.nonce += 1;
+    o.interval_start = T0 + INTERVAL_S;
+    let e = h.submit(&key(1), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(!e.message().contains("closed at"), "{}", e.message());
+    assert!(e.message().contains("already closed"), "{}", e.message());
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_paused_market_is_failed_precondition() {
     let (_d, mut h) = with_participants(Options::default()).await;
@@ -568,6 +604,59 @@ async fn no_network_is_failed_precondition_until_a_scenario_loads() {
     .await
     .unwrap();
     h.submit(&key(1), &sell(2, "10", "0.05")).await.unwrap();
+}
+
+/// Regression (grpcio findings): a participant registered with no network loaded could sit
+/// at a node that the network loaded afterwards does not have. Both orders are checked: a load
+/// that strands an active participant is refused, naming the field, the node and the
+/// participant; with a network loaded, registration refuses an unknown node.
+#[tokio::test]
+async fn participants_and_the_network_agree_on_nodes_in_either_order() {
+    let (_d, mut h) = with_participants(Options {
+        scenario: false,
+        ..Options::default()
+    })
+    .await;
+    h.register("carol", &key(3), "Z", "10").await;
+    let e = h
+        .admin_call(Command::LoadScenario(pb::LoadScenario {
+            toml: TWO_NODE.into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("nodes:"), "{}", e.message());
+    assert!(
+        e.message().contains("\"Z\"") && e.message().contains("\"carol\""),
+        "{}",
+        e.message()
+    );
+    // Nothing was installed.
+    let e = h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // Once carol is suspended the network loads, and registration checks nodes against it.
+    h.admin_call(Command::SuspendParticipant(pb::SuspendParticipant {
+        participant_id: "carol".into(),
+    }))
+    .await
+    .unwrap();
+    h.admin_call(Command::LoadScenario(pb::LoadScenario {
+        toml: TWO_NODE.into(),
+    }))
+    .await
+    .unwrap();
+    let r = h.admin_request(Command::RegisterParticipant(pb::RegisterParticipant {
+        participant_id: "dan".into(),
+        public_key_hex: hex::encode(key(4).verifying_key().to_bytes()),
+        node: "Z".into(),
+        roles: vec!["prosumer".into()],
+        capacity_kw: "10".into(),
+    }));
+    let e = h.admin.register_participant(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("node:"), "{}", e.message());
+    h.submit(&key(1), &sell(2, "10", "0.05")).await.unwrap();
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -614,6 +703,50 @@ async fn a_restart_keeps_participants_nonces_and_open_orders() {
     assert_eq!(listed.orders[0].ledger_seq, ack.ledger_seq);
     h.stop().await;
     let _ = h.db_url;
+}
+
+/// Regression (grpcio findings): an accelerated clock starts again from its origin on a
+/// restart, so the market clock read earlier than intervals the ledger already recorded. A
+/// market clock never goes backwards.
+#[tokio::test]
+async fn a_restart_never_moves_the_market_clock_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(sqlite_url(&dir), Options::default()).await;
+    for _ in 0..2 {
+        let r = h.admin_request(Command::ClearNow(pb::ClearNow {}));
+        h.admin.clear_now(r).await.unwrap();
+    }
+    let info = |h: &mut Harness| {
+        let mut m = h.market.clone();
+        async move {
+            m.get_market_info(pb::GetMarketInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let before = info(&mut h).await;
+    assert_eq!(before.last_cleared_interval, T0 + 2 * INTERVAL_S);
+    h.stop().await;
+    // The same clock configuration again: it starts at T0 + 1 s.
+    let mut h = start(sqlite_url(&dir), Options::default()).await;
+    let after = info(&mut h).await;
+    assert_eq!(after.last_cleared_interval, T0 + 2 * INTERVAL_S);
+    assert!(
+        after.now_ms >= before.now_ms,
+        "{} < {}",
+        after.now_ms,
+        before.now_ms
+    );
+    // Market time is at least the gate of the last recorded interval.
+    assert!(
+        after.now >= T0 + 2 * INTERVAL_S - support::GATE_LEAD_S,
+        "now {} is behind the recorded interval {}",
+        after.now,
+        after.last_cleared_interval
+    );
+    assert_eq!(after.next_open_interval, T0 + 3 * INTERVAL_S);
+    h.stop().await;
 }
 
 /// A flexibility offer (product FLEX_UP, a sell) is procured for the operator's requirement and

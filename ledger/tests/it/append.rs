@@ -92,6 +92,30 @@ async fn round_trip(db: &TestDb) {
 }
 dual!(round_trip);
 
+/// Regression (grpcio findings): verification counted only intervals with postings, so a
+/// ledger of four recorded intervals that traded nothing reported "0 intervals".
+async fn verify_counts_intervals_that_traded_nothing(db: &TestDb) {
+    let l = common::writer(&db.url).await;
+    for s in [300, 600, 900] {
+        l.append(interval_batch(s, 0)).await.unwrap();
+    }
+    // An interval settled with no postings at all.
+    let mut last = interval_batch(1200, 0);
+    last.push(NewEntry::settlement(&SettlementBody {
+        interval_start: 1200,
+        postings: Vec::new(),
+    }));
+    l.append(last).await.unwrap();
+    let report = audit::verify(&db.url, &operator().public_key(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.postings, 0);
+    assert_eq!(report.intervals, 4);
+    assert!(report.to_string().contains(", 4 intervals,"), "{report}");
+    l.close().await;
+}
+dual!(verify_counts_intervals_that_traded_nothing);
+
 async fn refuses_bad_batches(db: &TestDb) {
     let l = common::writer(&db.url).await;
     l.append(interval_batch(0, 1)).await.unwrap();

@@ -13,6 +13,12 @@ pub(crate) const PG_ENV: &str = "BATON_TEST_POSTGRES_URL";
 /// Checkpoint origin used by every test.
 pub(crate) const ORIGIN: &str = "baton.test/ledger";
 
+/// The PostgreSQL server to test against: `PG_ENV`, where empty (as `VAR= ./.ci/test` leaves
+/// it) means unset.
+pub(crate) fn postgres_base_url() -> Option<String> {
+    std::env::var(PG_ENV).ok().filter(|u| !u.trim().is_empty())
+}
+
 /// Runs `$name(&TestDb)` once per backend.
 #[macro_export]
 macro_rules! dual {
@@ -69,13 +75,13 @@ impl TestDb {
     }
 
     pub(crate) async fn postgres() -> Option<TestDb> {
-        let Ok(base) = std::env::var(PG_ENV) else {
+        let Some(base) = postgres_base_url() else {
             // Straight to the process's stderr: libtest captures `eprintln!` of passing tests,
             // and a skipped backend must not pass silently.
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED: {PG_ENV} unset \u{2014} PostgreSQL ledger tests did not run"
+                "SKIPPED: {PG_ENV} unset or empty \u{2014} PostgreSQL ledger tests did not run"
             );
             return None;
         };
@@ -295,4 +301,32 @@ pub(crate) async fn standard_ledger(url: &str) -> Ledger {
     let r = l.append(interval_batch(600, 2)).await.unwrap();
     assert_eq!(r.last_seq, 18);
     l
+}
+
+/// Regression (grpcio findings): an empty `BATON_TEST_POSTGRES_URL` (as `VAR= ./.ci/test`
+/// leaves it) was taken as a URL and the PostgreSQL tests failed instead of skipping loudly.
+/// Runs one PostgreSQL test of this binary in a child with the variable empty.
+#[test]
+fn an_empty_postgres_url_skips_loudly() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "append::round_trip::postgres",
+            "--test-threads=1",
+        ])
+        .env(PG_ENV, "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child failed: {stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("SKIPPED"), "no skip notice: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "the test did not run: {stdout}"
+    );
 }
