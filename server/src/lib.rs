@@ -238,7 +238,7 @@ pub enum ServeError {
 pub(crate) struct ClearedInterval {
     pub(crate) result: pb::IntervalResult,
     /// Fills per participant id.
-    pub(crate) fills: BTreeMap<String, Vec<pb::Fill>>,
+    pub(crate) fills: BTreeMap<String, Vec<scheduler::Fill>>,
 }
 
 /// What `ClearNow` waits for.

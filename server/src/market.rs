@@ -430,7 +430,12 @@ impl MarketService for MarketApi {
         let s = forward(
             self.shared.results_tx.subscribe(),
             self.shared.shutdown.clone(),
-            move |c| c.fills.get(&pid).cloned().unwrap_or_default(),
+            move |c| {
+                c.fills
+                    .get(&pid)
+                    .map(|fs| fs.iter().map(|f| f.to_proto()).collect())
+                    .unwrap_or_default()
+            },
         );
         Ok(Response::new(Box::pin(s)))
     }
