@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit::CommitItem;
 use super::error::ServiceError;
-use super::{ClearNowReply, ClearedInterval, Shared, RESULTS_KEPT_MAX};
 use super::state::{side_to_proto, BookSpecs, Product};
+use super::{ClearNowReply, ClearedInterval, FaultInjection, Shared, RESULTS_KEPT_MAX};
 
 /// One participant order's outcome in a cleared interval, in the engine's decimals; strings
 /// only at the wire edge ([`Fill::to_proto`]).
@@ -115,6 +115,7 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep(tick) => {}
         }
+        FaultInjection::check(&shared.faults.scheduler_panics, "scheduler");
         let now = shared.clock.now_ms();
         while timing.gate_s(next) * 1000 <= now {
             let s = next;
