@@ -37,6 +37,7 @@ struct Options {
     scenario: bool,
     /// Tasks to make panic (supervision tests).
     faults: server::FaultInjection,
+    connections_max: usize,
     /// Market seconds per real second.
     scale: f64,
     open_orders_max: usize,
@@ -47,6 +48,7 @@ impl Default for Options {
         Options {
             scenario: true,
             faults: server::FaultInjection::default(),
+            connections_max: server::CONNECTIONS_MAX,
             // Slow enough that no gate closes during a refusal test.
             scale: 1.0,
             open_orders_max: 64,
@@ -55,6 +57,7 @@ impl Default for Options {
 }
 
 struct Harness {
+    addr: std::net::SocketAddr,
     channel: Channel,
     market: MarketServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
@@ -75,6 +78,7 @@ async fn start(db_url: String, o: Options) -> Harness {
     config.intervals_ahead = 3;
     config.scenario = o.scenario.then(|| TWO_NODE.to_string());
     config.faults = o.faults.clone();
+    config.connections_max = o.connections_max;
     config.limits = Limits {
         open_orders_per_participant_max: o.open_orders_max,
         ..Limits::default()
@@ -86,6 +90,7 @@ async fn start(db_url: String, o: Options) -> Harness {
     let url = format!("http://{addr}");
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     Harness {
+        addr,
         channel: channel.clone(),
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
@@ -659,6 +664,53 @@ async fn a_panicking_scheduler_halts_the_market() {
             .store(true, std::sync::atomic::Ordering::Relaxed)
     })
     .await;
+}
+
+/// Issue 9: with `connections_max` connections open, the next client is not served until one
+/// of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_waits_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(
+        sqlite_url(&dir),
+        Options {
+            connections_max: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = format!("http://{}", h.addr);
+    let info = |channel: Channel| async move {
+        MarketServiceClient::new(channel)
+            .get_market_info(pb::GetMarketInfoRequest {})
+            .await
+            .map(|r| r.into_inner())
+    };
+    // The harness's connection and a second one: both served.
+    info(h.channel.clone()).await.unwrap();
+    let second = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    info(second.clone()).await.unwrap();
+    // A third waits.
+    let third = tokio::spawn(async move {
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        info(channel).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at a limit of two"
+    );
+    // Closing the second lets it in.
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third connection is served once the second closes")
+        .unwrap()
+        .unwrap();
 }
 
 /// The services one reflection version lists.

@@ -36,6 +36,7 @@ pub mod error;
 mod admin;
 mod audit;
 mod commit;
+mod connections;
 mod market;
 mod recover;
 mod scheduler;
@@ -108,6 +109,13 @@ const _: () = assert!(
         / H2_SMALL_FRAME_CHARGE_PER_BYTE.1
         <= HTTP2_CONNECTION_WINDOW_BYTES as u64 / 2
 );
+/// Default: connections open at once (`ServerConfig::connections_max`); further clients wait
+/// in the listen backlog until one closes. Each connection may hold up to
+/// `HTTP2_CONNECTION_WINDOW_BYTES` (4 MiB) of unread requests, so 512 bound that memory at
+/// 2 GiB, and stay under the common 1,024 open-file limit with room for the ledger's files and
+/// database pool. Participants' agents and gateways multiplex their calls over one connection
+/// each (the simulator runs its whole population over one), so 512 is many clients, not calls.
+pub const CONNECTIONS_MAX: usize = 512;
 /// Entries returned by one `GetEntries`.
 pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
 /// Largest tree an inclusion proof is computed over, entries: the proof is computed from every
@@ -180,6 +188,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Serve gRPC over TLS with this certificate chain and key (PEM); plaintext when `None`.
     pub tls: Option<TlsIdentity>,
+    /// Connections open at once (default `CONNECTIONS_MAX`).
+    pub connections_max: usize,
     /// Test hook: make a server task panic. Leave at the default.
     #[doc(hidden)]
     pub faults: FaultInjection,
@@ -238,6 +248,7 @@ impl ServerConfig {
             price_cap: None,
             limits: Limits::default(),
             tls: None,
+            connections_max: CONNECTIONS_MAX,
             faults: FaultInjection::default(),
         }
     }
@@ -374,6 +385,11 @@ pub async fn run(
             baton_engine::model::INTERVAL_MINUTES_MAX
         )));
     }
+    if config.connections_max == 0 {
+        return Err(ServeError::Config(
+            "connections_max must be at least 1".into(),
+        ));
+    }
     if config.intervals_ahead == 0 {
         return Err(ServeError::Config(
             "intervals_ahead must be at least 1".into(),
@@ -473,7 +489,7 @@ pub async fn run(
         ))?;
     }
     tracing::info!(?addr, tls = config.tls.is_some(), "baton serve: listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = connections::incoming(listener, config.connections_max);
     // The supervisor's way to stop the server after a task died.
     let (halt_stop_tx, halt_stop_rx) = oneshot::channel::<()>();
     let served = builder
