@@ -541,8 +541,8 @@ impl AdminService for AdminApi {
             .clear_now_tx
             .send(tx)
             .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
-        let r = rx.await.map_err(|_| ServiceError::ShuttingDown)??;
+            .map_err(|_| self.shared.gone())?;
+        let r = rx.await.map_err(|_| self.shared.gone())??;
         Ok(Response::new(r))
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::ServiceError;
 use super::state::{ValidCancel, ValidOrder};
-use super::{Shared, GROUP_COMMIT_ENTRIES_MAX};
+use super::{FaultInjection, Shared, GROUP_COMMIT_ENTRIES_MAX};
 
 /// What the commit task is asked to do, in arrival order.
 pub(crate) enum CommitItem {
@@ -30,6 +30,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
         let Some(first) = rx.recv().await else {
             break;
         };
+        FaultInjection::check(&shared.faults.commit_panics, "group-commit");
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_ENTRIES_MAX {
             match rx.try_recv() {

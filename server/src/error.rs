@@ -80,6 +80,9 @@ pub enum ServiceError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A task the market depends on died; nothing is acknowledged any more.
+    #[error("the market has halted and acknowledges nothing: {0}")]
+    Halted(String),
 }
 
 impl From<ServiceError> for Status {
@@ -96,7 +99,7 @@ impl From<ServiceError> for Status {
             E::Limit { .. } | E::Busy => Code::ResourceExhausted,
             E::NotFound(_) => Code::NotFound,
             E::Storage(_) => Code::Internal,
-            E::ShuttingDown => Code::Unavailable,
+            E::ShuttingDown | E::Halted(_) => Code::Unavailable,
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");

@@ -19,13 +19,16 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use baton_ledger::{Ledger, LedgerError, OperatorKey};
 use baton_proto::v1 as pb;
 use ed25519_dalek::VerifyingKey;
 use rust_decimal::Decimal;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::{JoinError, JoinHandle};
 
 pub mod clock;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod error;
 mod admin;
 mod audit;
 mod commit;
+mod connections;
 mod market;
 mod recover;
 mod scheduler;
@@ -105,6 +109,13 @@ const _: () = assert!(
         / H2_SMALL_FRAME_CHARGE_PER_BYTE.1
         <= HTTP2_CONNECTION_WINDOW_BYTES as u64 / 2
 );
+/// Default: connections open at once (`ServerConfig::connections_max`); further clients wait
+/// in the listen backlog until one closes. Each connection may hold up to
+/// `HTTP2_CONNECTION_WINDOW_BYTES` (4 MiB) of unread requests, so 512 bound that memory at
+/// 2 GiB, and stay under the common 1,024 open-file limit with room for the ledger's files and
+/// database pool. Participants' agents and gateways multiplex their calls over one connection
+/// each (the simulator runs its whole population over one), so 512 is many clients, not calls.
+pub const CONNECTIONS_MAX: usize = 512;
 /// Entries returned by one `GetEntries`.
 pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
 /// Largest tree an inclusion proof is computed over, entries: the proof is computed from every
@@ -112,6 +123,11 @@ pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
 pub const INCLUSION_PROOF_TREE_SIZE_MAX: u64 = 1_000_000;
 /// Longest gate lead, seconds (a day).
 pub const GATE_LEAD_S_MAX: i64 = 86_400;
+/// How long a server whose scheduler or group-commit task has died keeps answering before it
+/// exits, milliseconds: long enough for health checks and clients in flight to see
+/// NOT_SERVING and the reason orders are refused, short enough that a supervisor restarts it
+/// promptly (recovery from the ledger is the way back).
+pub const HALTED_SERVE_MS: u64 = 3_000;
 /// Default: intervals ahead that accept orders.
 pub const INTERVALS_AHEAD_DEFAULT: u32 = 12;
 /// Default: seconds before an interval starts that its gate closes.
@@ -172,6 +188,30 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Serve gRPC over TLS with this certificate chain and key (PEM); plaintext when `None`.
     pub tls: Option<TlsIdentity>,
+    /// Connections open at once (default `CONNECTIONS_MAX`).
+    pub connections_max: usize,
+    /// Test hook: make a server task panic. Leave at the default.
+    #[doc(hidden)]
+    pub faults: FaultInjection,
+}
+
+/// Test hook: makes one of the server's tasks panic, to exercise its supervision. Not a
+/// setting: nothing outside tests sets it.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct FaultInjection {
+    /// Once set, the scheduler panics at its next clock tick.
+    pub scheduler_panics: Arc<AtomicBool>,
+    /// Once set, the group-commit task panics on the next batch it takes.
+    pub commit_panics: Arc<AtomicBool>,
+}
+
+impl FaultInjection {
+    pub(crate) fn check(flag: &AtomicBool, task: &str) {
+        if flag.load(Ordering::Relaxed) {
+            panic!("fault injection: the {task} task panics");
+        }
+    }
 }
 
 /// A server certificate chain and its private key, PEM encoded.
@@ -208,6 +248,8 @@ impl ServerConfig {
             price_cap: None,
             limits: Limits::default(),
             tls: None,
+            connections_max: CONNECTIONS_MAX,
+            faults: FaultInjection::default(),
         }
     }
 }
@@ -231,6 +273,10 @@ pub enum ServeError {
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A task the market depends on (the scheduler, the group commit) ended or panicked while
+    /// serving; the server refused orders, reported NOT_SERVING and stopped.
+    #[error("market halted: {0}")]
+    Halted(String),
 }
 
 /// One cleared interval as published.
@@ -238,7 +284,7 @@ pub enum ServeError {
 pub(crate) struct ClearedInterval {
     pub(crate) result: pb::IntervalResult,
     /// Fills per participant id.
-    pub(crate) fills: BTreeMap<String, Vec<pb::Fill>>,
+    pub(crate) fills: BTreeMap<String, Vec<scheduler::Fill>>,
 }
 
 /// What `ClearNow` waits for.
@@ -264,6 +310,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Where the network and the cleared intervals are in the ledger.
     pub(crate) index: Mutex<recover::LedgerIndex>,
+    /// Why the market stopped, once a task it depends on has died: intake refuses everything
+    /// with this reason from then on.
+    pub(crate) halted: OnceLock<String>,
+    pub(crate) faults: FaultInjection,
 }
 
 impl Shared {
@@ -275,6 +325,48 @@ impl Shared {
 
     pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, recover::LedgerIndex> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Err(Halted)` once the market has halted.
+    pub(crate) fn check_running(&self) -> Result<(), ServiceError> {
+        match self.halted.get() {
+            Some(reason) => Err(ServiceError::Halted(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why a task the request waited on went away: the market halted, or it is shutting down.
+    pub(crate) fn gone(&self) -> ServiceError {
+        self.check_running()
+            .err()
+            .unwrap_or(ServiceError::ShuttingDown)
+    }
+}
+
+/// Waits for a task that has not been joined yet; never completes once it has.
+async fn join(task: &mut Option<JoinHandle<()>>) -> Result<(), JoinError> {
+    let Some(t) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let r = t.await;
+    *task = None;
+    r
+}
+
+/// How a task ended, for the log and the exit status.
+fn task_end(name: &str, r: Result<(), JoinError>) -> String {
+    match r {
+        Ok(()) => format!("the {name} task ended"),
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            format!("the {name} task panicked: {msg}")
+        }
+        Err(e) => format!("the {name} task failed: {e}"),
     }
 }
 
@@ -292,6 +384,11 @@ pub async fn run(
             "interval_minutes must be 1 to {}",
             baton_engine::model::INTERVAL_MINUTES_MAX
         )));
+    }
+    if config.connections_max == 0 {
+        return Err(ServeError::Config(
+            "connections_max must be at least 1".into(),
+        ));
     }
     if config.intervals_ahead == 0 {
         return Err(ServeError::Config(
@@ -355,18 +452,20 @@ pub async fn run(
         clear_now_tx,
         shutdown: shutdown_rx.clone(),
         index: Mutex::new(recovered.index),
+        halted: OnceLock::new(),
+        faults: config.faults.clone(),
     });
     if let Some(text) = &config.scenario {
         admin::load_scenario_at_start(&shared, text)
             .await
             .map_err(ServeError::Scenario)?;
     }
-    let commit_task = tokio::spawn(commit::run(shared.clone(), commit_rx));
-    let scheduler_task = tokio::spawn(scheduler::run(
+    let mut commit_task = Some(tokio::spawn(commit::run(shared.clone(), commit_rx)));
+    let mut scheduler_task = Some(tokio::spawn(scheduler::run(
         shared.clone(),
         clear_now_rx,
         shutdown_rx.clone(),
-    ));
+    )));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -400,7 +499,9 @@ pub async fn run(
         ))?;
     }
     tracing::info!(?addr, tls = config.tls.is_some(), "baton serve: listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = connections::incoming(listener, config.connections_max);
+    // The supervisor's way to stop the server after a task died.
+    let (halt_stop_tx, halt_stop_rx) = oneshot::channel::<()>();
     let served = builder
         .layer(tower::util::MapResponseLayer::new(
             error::oversize_is_resource_exhausted,
@@ -416,17 +517,63 @@ pub async fn run(
         .add_service(admin)
         .add_service(audit)
         .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("baton serve: shutting down");
+            tokio::select! {
+                _ = shutdown => tracing::info!("baton serve: shutting down"),
+                _ = halt_stop_rx => tracing::error!("baton serve: stopping a halted market"),
+            }
             let _ = shutdown_tx.send(true);
-        })
-        .await;
+        });
+    tokio::pin!(served);
+    // Supervise the scheduler and the group commit while serving: if either ends (other than
+    // the scheduler at shutdown) or panics, stop acknowledging, report NOT_SERVING, keep
+    // answering for `HALTED_SERVE_MS` so clients and health checks see why, then stop and
+    // return the reason.
+    let mut halt_stop_tx = Some(halt_stop_tx);
+    let mut failure: Option<String> = None;
+    let served = loop {
+        let reason = tokio::select! {
+            r = &mut served => break r,
+            r = join(&mut scheduler_task) => {
+                if r.is_ok() && *shutdown_rx.borrow() {
+                    continue;
+                }
+                task_end("scheduler", r)
+            }
+            r = join(&mut commit_task) => task_end("group-commit", r),
+        };
+        tracing::error!(%reason, "baton serve: market halted; refusing orders and stopping");
+        let _ = shared.halted.set(reason.clone());
+        health_reporter
+            .set_not_serving::<pb::market_service_server::MarketServiceServer<market::MarketApi>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        failure.get_or_insert(reason);
+        if let Some(tx) = halt_stop_tx.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(HALTED_SERVE_MS)).await;
+                let _ = tx.send(());
+            });
+        }
+    };
     // The scheduler sees the shutdown signal (or its sender dropped) and finishes an interval
     // it is clearing; then the commit task drains what is queued before `Stop`.
-    let _ = scheduler_task.await;
+    if let Some(t) = scheduler_task.take() {
+        if let Err(e) = t.await {
+            failure.get_or_insert(task_end("scheduler", Err(e)));
+        }
+    }
     let _ = shared.commit_tx.send(commit::CommitItem::Stop).await;
-    let _ = commit_task.await;
+    if let Some(t) = commit_task.take() {
+        if let Err(e) = t.await {
+            failure.get_or_insert(task_end("group-commit", Err(e)));
+        }
+    }
     ledger.close().await;
     served?;
-    Ok(())
+    match failure {
+        Some(reason) => Err(ServeError::Halted(reason)),
+        None => Ok(()),
+    }
 }

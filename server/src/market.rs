@@ -85,6 +85,7 @@ impl MarketApi {
         signed: &pb::SignedOrder,
         pre: Result<Preverified, ServiceError>,
     ) -> Result<(String, i64, Ack), ServiceError> {
+        self.shared.check_running()?;
         let pre = pre?;
         let now = self.shared.clock.now_ms();
         let mut st = self.shared.lock();
@@ -99,12 +100,14 @@ impl MarketApi {
         let (id, interval) = (v.record.id.clone(), v.record.interval_start);
         st.reserve_order(&v);
         if let Err(e) = self.shared.commit_tx.try_send(CommitItem::Order(v, tx)) {
-            let (mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) =
-                e;
+            let (refusal, item) = match e {
+                mpsc::error::TrySendError::Full(item) => (ServiceError::Busy, item),
+                mpsc::error::TrySendError::Closed(item) => (self.shared.gone(), item),
+            };
             if let CommitItem::Order(v, _) = item {
                 st.release_order(&v);
             }
-            return Err(ServiceError::Busy);
+            return Err(refusal);
         }
         Ok((id, interval, rx))
     }
@@ -133,9 +136,10 @@ impl MarketApi {
 }
 
 async fn acked(
+    shared: &Shared,
     (order_id, interval_start, rx): (String, i64, Ack),
 ) -> Result<pb::SubmitOrderResponse, ServiceError> {
-    let seq = rx.await.map_err(|_| ServiceError::ShuttingDown)??;
+    let seq = rx.await.map_err(|_| shared.gone())??;
     Ok(pb::SubmitOrderResponse {
         order_id,
         ledger_seq: seq,
@@ -203,7 +207,7 @@ impl MarketService for MarketApi {
     ) -> Result<Response<pb::SubmitOrderResponse>, Status> {
         let pre = self.preverify(request.get_ref());
         let queued = self.enqueue(request.get_ref(), pre)?;
-        Ok(Response::new(acked(queued).await?))
+        Ok(Response::new(acked(&self.shared, queued).await?))
     }
 
     async fn submit_orders(
@@ -231,7 +235,7 @@ impl MarketService for MarketApi {
         let mut out = pb::SubmitOrdersResponse::default();
         for (i, p) in pending.into_iter().enumerate() {
             let r = match p {
-                Ok(q) => acked(q).await,
+                Ok(q) => acked(&self.shared, q).await,
                 Err(e) => Err(e),
             };
             match r {
@@ -289,10 +293,11 @@ impl MarketService for MarketApi {
             }
         });
         // Writer: answer in order as each append commits (the commit task answers in order).
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some((index, q)) = queued_rx.recv().await {
                 let r = match q {
-                    Ok(q) => acked(q).await,
+                    Ok(q) => acked(&shared, q).await,
                     Err(e) => Err(e),
                 };
                 if out_tx.send(Ok(outcome(index, r))).await.is_err() {
@@ -307,6 +312,7 @@ impl MarketService for MarketApi {
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        self.shared.check_running()?;
         let now = self.shared.clock.now_ms();
         let rx = {
             let mut st = self.shared.lock();
@@ -322,11 +328,14 @@ impl MarketService for MarketApi {
             self.shared
                 .commit_tx
                 .try_send(CommitItem::Cancel(c, tx))
-                .map_err(|_| ServiceError::Busy)?;
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => ServiceError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => self.shared.gone(),
+                })?;
             st.nonces.insert(pid, nonce);
             rx
         };
-        let seq = rx.await.map_err(|_| ServiceError::ShuttingDown)??;
+        let seq = rx.await.map_err(|_| self.shared.gone())??;
         Ok(Response::new(pb::CancelOrderResponse { ledger_seq: seq }))
     }
 
@@ -430,7 +439,12 @@ impl MarketService for MarketApi {
         let s = forward(
             self.shared.results_tx.subscribe(),
             self.shared.shutdown.clone(),
-            move |c| c.fills.get(&pid).cloned().unwrap_or_default(),
+            move |c| {
+                c.fills
+                    .get(&pid)
+                    .map(|fs| fs.iter().map(|f| f.to_proto()).collect())
+                    .unwrap_or_default()
+            },
         );
         Ok(Response::new(Box::pin(s)))
     }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_engine::model::Direction;
 use baton_engine::units::{round_at, MONEY_SCALE};
 use baton_engine::{clear, settle, Market, MarketSpec, Side};
 use baton_ledger::{EntryKind, NewEntry};
@@ -15,8 +14,45 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit::CommitItem;
 use super::error::ServiceError;
-use super::state::{side_to_proto, BookSpecs};
-use super::{ClearNowReply, ClearedInterval, Shared, RESULTS_KEPT_MAX};
+use super::state::{side_to_proto, BookSpecs, Product};
+use super::{ClearNowReply, ClearedInterval, FaultInjection, Shared, RESULTS_KEPT_MAX};
+
+/// One participant order's outcome in a cleared interval, in the engine's decimals; strings
+/// only at the wire edge ([`Fill::to_proto`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Fill {
+    pub(crate) interval_start: i64,
+    pub(crate) order_id: String,
+    pub(crate) side: Side,
+    pub(crate) node: String,
+    pub(crate) product: Product,
+    /// Accepted quantity per block, kW.
+    pub(crate) accepted: Vec<Decimal>,
+    pub(crate) accepted_total: Decimal,
+    /// The node's price (energy orders).
+    pub(crate) node_price: Option<Decimal>,
+    /// What the participant is paid (negative: pays), at `MONEY_SCALE`.
+    pub(crate) payment: Decimal,
+    /// The requirement price earned (flexibility offers that were procured).
+    pub(crate) flex_price: Option<Decimal>,
+}
+
+impl Fill {
+    pub(crate) fn to_proto(&self) -> pb::Fill {
+        pb::Fill {
+            interval_start: self.interval_start,
+            order_id: self.order_id.clone(),
+            side: side_to_proto(self.side) as i32,
+            node: self.node.clone(),
+            accepted: self.accepted.iter().map(|d| d.to_string()).collect(),
+            accepted_total: self.accepted_total.to_string(),
+            node_price: self.node_price.map(|p| p.to_string()).unwrap_or_default(),
+            payment: self.payment.to_string(),
+            product: self.product.to_wire() as i32,
+            flex_price: self.flex_price.map(|p| p.to_string()).unwrap_or_default(),
+        }
+    }
+}
 
 /// Slowest poll of the clock, real time: a gate closes at most this late.
 const TICK_REAL_MS_MAX: f64 = 250.0;
@@ -79,6 +115,7 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep(tick) => {}
         }
+        FaultInjection::check(&shared.faults.scheduler_panics, "scheduler");
         let now = shared.clock.now_ms();
         while timing.gate_s(next) * 1000 <= now {
             let s = next;
@@ -176,8 +213,8 @@ pub(crate) async fn clear_interval(
         for fills in cleared.fills.values() {
             for f in fills {
                 if let Some(o) = st.orders.get_mut(&f.order_id) {
-                    o.accepted = f.accepted.iter().filter_map(|a| a.parse().ok()).collect();
-                    o.accepted_total = f.accepted_total.parse().ok();
+                    o.accepted = f.accepted.clone();
+                    o.accepted_total = Some(f.accepted_total);
                 }
             }
         }
@@ -261,31 +298,30 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
         .iter()
         .filter_map(|p| p.memo.strip_prefix("energy ").map(|id| (id, p.amount)))
         .collect();
-    let mut fills: BTreeMap<String, Vec<pb::Fill>> = BTreeMap::new();
+    let mut fills: BTreeMap<String, Vec<Fill>> = BTreeMap::new();
     let participant_orders: std::collections::HashSet<&str> =
         spec.orders.iter().map(|o| o.id.as_str()).collect();
     for f in &clearing.orders {
         if !participant_orders.contains(f.id.as_str()) {
             continue;
         }
-        fills.entry(f.account.clone()).or_default().push(pb::Fill {
+        fills.entry(f.account.clone()).or_default().push(Fill {
             interval_start: s,
             order_id: f.id.clone(),
-            side: side_to_proto(f.side) as i32,
+            side: f.side,
             node: node_ids[f.node].clone(),
-            accepted: f.accepted.iter().map(|d| d.to_string()).collect(),
-            accepted_total: f.accepted_total.to_string(),
-            node_price: clearing.nodes[f.node].price.to_string(),
+            product: Product::Energy,
+            accepted: f.accepted.clone(),
+            accepted_total: f.accepted_total,
+            node_price: Some(clearing.nodes[f.node].price),
             payment: round_at(
                 payments
                     .get(f.id.as_str())
                     .copied()
                     .unwrap_or(Decimal::ZERO),
                 MONEY_SCALE,
-            )
-            .to_string(),
-            product: pb::Product::Energy as i32,
-            flex_price: String::new(),
+            ),
+            flex_price: None,
         });
     }
     // Flexibility offers: paid per requirement allocation (memo `flex <offer> for <req>`).
@@ -309,27 +345,23 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
             .iter()
             .filter(|(_, q)| !q.is_zero())
             .max_by(|a, b| a.1.cmp(&b.1))
-            .map(|(ri, _)| clearing.flex_requirements[*ri].price.to_string())
-            .unwrap_or_default();
+            .map(|(ri, _)| clearing.flex_requirements[*ri].price);
         let node = spec
             .flex_offers
             .iter()
             .find(|o| o.id == f.id)
             .map(|o| o.node.clone())
             .unwrap_or_default();
-        fills.entry(f.account.clone()).or_default().push(pb::Fill {
+        fills.entry(f.account.clone()).or_default().push(Fill {
             interval_start: s,
             order_id: f.id.clone(),
-            side: pb::Side::Sell as i32,
+            side: Side::Sell,
             node,
-            accepted: f.accepted.iter().map(|d| d.to_string()).collect(),
-            accepted_total: f.accepted_total.to_string(),
-            node_price: String::new(),
-            payment: round_at(paid, MONEY_SCALE).to_string(),
-            product: match f.direction {
-                Direction::Up => pb::Product::FlexUp,
-                Direction::Down => pb::Product::FlexDown,
-            } as i32,
+            product: Product::Flex(f.direction),
+            accepted: f.accepted.clone(),
+            accepted_total: f.accepted_total,
+            node_price: None,
+            payment: round_at(paid, MONEY_SCALE),
             flex_price: price,
         });
     }

@@ -20,6 +20,9 @@ const RESULT_WAIT_S: u64 = 30;
 
 struct Options {
     scenario: bool,
+    /// Tasks to make panic (supervision tests).
+    faults: server::FaultInjection,
+    connections_max: usize,
     /// Market seconds per real second.
     scale: f64,
     open_orders_max: usize,
@@ -29,6 +32,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             scenario: true,
+            faults: server::FaultInjection::default(),
+            connections_max: server::CONNECTIONS_MAX,
             // Slow enough that no gate closes during a refusal test.
             scale: 1.0,
             open_orders_max: 64,
@@ -37,6 +42,7 @@ impl Default for Options {
 }
 
 struct Harness {
+    addr: std::net::SocketAddr,
     channel: Channel,
     market: MarketServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
@@ -51,6 +57,8 @@ async fn start(db_url: String, o: Options) -> Harness {
     // One second into T0: the first open interval is T0 + 300, whose gate closes at T0 + 240.
     config.clock = support::clock(o.scale);
     config.scenario = o.scenario.then(|| TWO_NODE.to_string());
+    config.faults = o.faults.clone();
+    config.connections_max = o.connections_max;
     config.limits = Limits {
         open_orders_per_participant_max: o.open_orders_max,
         ..Limits::default()
@@ -58,6 +66,7 @@ async fn start(db_url: String, o: Options) -> Harness {
     let server = support::Server::start(config).await;
     let channel = server.connect().await;
     Harness {
+        addr,
         channel: channel.clone(),
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
@@ -462,6 +471,146 @@ async fn an_oversize_message_is_resource_exhausted() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // An ordinary order on the same connection is still accepted.
     h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+}
+
+/// The health service's status for `service` ("" for the whole server).
+async fn health(
+    channel: &Channel,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let r = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.status()
+}
+
+/// Makes one server task panic through the test hook and checks the supervision: health turns
+/// NOT_SERVING, orders and cancels are refused UNAVAILABLE naming the reason, and `run` returns
+/// `Halted` with it within `HALTED_SERVE_MS`.
+async fn a_dead_task_halts_the_market(task: &str, arm: impl FnOnce(&server::FaultInjection)) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let faults = server::FaultInjection::default();
+    let (_d, mut h) = with_participants(Options {
+        faults: faults.clone(),
+        ..Options::default()
+    })
+    .await;
+    let market = "baton.v1.MarketService";
+    assert_eq!(health(&h.channel, market).await, ServingStatus::Serving);
+    h.submit(&key(1), &sell(1, "10", "0.05")).await.unwrap();
+    arm(&faults);
+    // The group commit panics on the batch holding this order; the scheduler at its next tick.
+    let _ = h.submit(&key(1), &sell(2, "10", "0.05")).await;
+    let deadline = std::time::Instant::now() + Duration::from_millis(server::HALTED_SERVE_MS);
+    while health(&h.channel, market).await != ServingStatus::NotServing {
+        assert!(std::time::Instant::now() < deadline, "health still SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health(&h.channel, "").await, ServingStatus::NotServing);
+    let e = h.submit(&key(1), &sell(3, "10", "0.05")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let reason = format!("the {task} task panicked: fault injection");
+    assert!(e.message().contains(&reason), "{}", e.message());
+    let mut stream = h
+        .market
+        .submit_order_stream(tokio_stream::iter(vec![sign_order(
+            &key(1),
+            &sell(4, "10", "0.05"),
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.message().await.unwrap().unwrap().outcome {
+        Some(pb::submit_outcome::Outcome::Refused(r)) => {
+            assert_eq!(r.code, Code::Unavailable as i32, "{r:?}");
+            assert!(r.message.contains(&reason), "{r:?}");
+        }
+        other => panic!("acknowledged after the halt: {other:?}"),
+    }
+    // `run` ends on its own, with the reason.
+    let run = tokio::time::timeout(
+        Duration::from_millis(server::HALTED_SERVE_MS + 10_000),
+        h.task.take().unwrap(),
+    )
+    .await
+    .expect("a halted server stops by itself")
+    .unwrap();
+    match run {
+        Err(server::ServeError::Halted(r)) => assert!(r.contains(&reason), "{r}"),
+        other => panic!("run returned {other:?}"),
+    }
+}
+
+/// Issue 9 (supervision): a panicking group-commit task halts the market.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_group_commit_halts_the_market() {
+    a_dead_task_halts_the_market("group-commit", |f| {
+        f.commit_panics
+            .store(true, std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+}
+
+/// Issue 9 (supervision): a panicking scheduler halts the market (it used to be
+/// `let _ = scheduler_task.await`, and intake went on acknowledging orders that never clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_scheduler_halts_the_market() {
+    a_dead_task_halts_the_market("scheduler", |f| {
+        f.scheduler_panics
+            .store(true, std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+}
+
+/// Issue 9: with `connections_max` connections open, the next client is not served until one
+/// of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_waits_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(
+        sqlite_url(&dir),
+        Options {
+            connections_max: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = format!("http://{}", h.addr);
+    let info = |channel: Channel| async move {
+        MarketServiceClient::new(channel)
+            .get_market_info(pb::GetMarketInfoRequest {})
+            .await
+            .map(|r| r.into_inner())
+    };
+    // The harness's connection and a second one: both served.
+    info(h.channel.clone()).await.unwrap();
+    let second = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    info(second.clone()).await.unwrap();
+    // A third waits.
+    let third = tokio::spawn(async move {
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        info(channel).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at a limit of two"
+    );
+    // Closing the second lets it in.
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third connection is served once the second closes")
+        .unwrap()
+        .unwrap();
 }
 
 /// The services one reflection version lists.
