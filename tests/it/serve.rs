@@ -21,7 +21,7 @@ const RESULT_WAIT_S: u64 = 30;
 struct Options {
     scenario: bool,
     /// Tasks to make panic (supervision tests).
-    faults: server::FaultInjection,
+    faults: baton_server::FaultInjection,
     connections_max: usize,
     /// Market seconds per real second.
     scale: f64,
@@ -32,8 +32,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             scenario: true,
-            faults: server::FaultInjection::default(),
-            connections_max: server::CONNECTIONS_MAX,
+            faults: baton_server::FaultInjection::default(),
+            connections_max: baton_server::CONNECTIONS_MAX,
             // Slow enough that no gate closes during a refusal test.
             scale: 1.0,
             open_orders_max: 64,
@@ -66,7 +66,7 @@ async fn start(db_url: String, o: Options) -> Harness {
     let server = support::Server::start(config).await;
     let channel = server.connect().await;
     Harness {
-        addr,
+        addr: server.addr,
         channel: channel.clone(),
         market: MarketServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
@@ -491,9 +491,9 @@ async fn health(
 /// Makes one server task panic through the test hook and checks the supervision: health turns
 /// NOT_SERVING, orders and cancels are refused UNAVAILABLE naming the reason, and `run` returns
 /// `Halted` with it within `HALTED_SERVE_MS`.
-async fn a_dead_task_halts_the_market(task: &str, arm: impl FnOnce(&server::FaultInjection)) {
+async fn a_dead_task_halts_the_market(task: &str, arm: impl FnOnce(&baton_server::FaultInjection)) {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let faults = server::FaultInjection::default();
+    let faults = baton_server::FaultInjection::default();
     let (_d, mut h) = with_participants(Options {
         faults: faults.clone(),
         ..Options::default()
@@ -505,7 +505,7 @@ async fn a_dead_task_halts_the_market(task: &str, arm: impl FnOnce(&server::Faul
     arm(&faults);
     // The group commit panics on the batch holding this order; the scheduler at its next tick.
     let _ = h.submit(&key(1), &sell(2, "10", "0.05")).await;
-    let deadline = std::time::Instant::now() + Duration::from_millis(server::HALTED_SERVE_MS);
+    let deadline = std::time::Instant::now() + Duration::from_millis(baton_server::HALTED_SERVE_MS);
     while health(&h.channel, market).await != ServingStatus::NotServing {
         assert!(std::time::Instant::now() < deadline, "health still SERVING");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -533,14 +533,14 @@ async fn a_dead_task_halts_the_market(task: &str, arm: impl FnOnce(&server::Faul
     }
     // `run` ends on its own, with the reason.
     let run = tokio::time::timeout(
-        Duration::from_millis(server::HALTED_SERVE_MS + 10_000),
-        h.task.take().unwrap(),
+        Duration::from_millis(baton_server::HALTED_SERVE_MS + 10_000),
+        h.server.take_task().unwrap(),
     )
     .await
     .expect("a halted server stops by itself")
     .unwrap();
     match run {
-        Err(server::ServeError::Halted(r)) => assert!(r.contains(&reason), "{r}"),
+        Err(baton_server::ServeError::Halted(r)) => assert!(r.contains(&reason), "{r}"),
         other => panic!("run returned {other:?}"),
     }
 }

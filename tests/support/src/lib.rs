@@ -249,6 +249,12 @@ impl Server {
         connect(&self.addr.to_string()).await
     }
 
+    /// The server's task, to await what `run` returns by itself (e.g. a halted market's
+    /// error); [`Server::stop`] then has nothing to wait for.
+    pub fn take_task(&mut self) -> Option<tokio::task::JoinHandle<Result<(), ServeError>>> {
+        self.task.take()
+    }
+
     /// Asks the server to stop and waits until it has, checking it returned no error.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
