@@ -233,6 +233,7 @@ fn main() {
                 node: node.clone(),
                 roles: vec!["prosumer".into()],
                 capacity_kw: "10".into(),
+                ..Default::default()
             }));
             admin
                 .client

@@ -6,6 +6,9 @@
 //! - `AdminService`: the operator's commands, each signed by the operator key.
 //! - `AuditService`: ledger head, entries and inclusion proofs.
 //!
+//! [`wire`] holds what both ends must agree on beyond the messages: id formats, the decimal
+//! grammar, admin command ↔ RPC, role and direction names.
+//!
 //! Numbers travel as decimal strings, never floats; the signing rule is documented in
 //! `market.proto`: a signature covers exactly the bytes of the serialized inner message.
 
@@ -14,6 +17,8 @@ pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("baton.v1");
 }
+
+pub mod wire;
 
 /// The encoded `FileDescriptorSet` of `baton.v1`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_v1_descriptor");

@@ -10,11 +10,13 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use baton_engine::model::NETWORK_OPERATOR_ACCOUNT;
 use baton_engine::model::{BlockSpec, Direction, FlexRequirementSpec, MarketSpec};
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
 use baton_engine::Market;
 use baton_ledger::{EntryKind, Ledger, NewEntry, ParticipantBody, ParticipantStatus};
 use baton_proto::v1 as pb;
+use baton_proto::wire::admin_rpc_name;
 use ed25519_dalek::Signature;
 use pb::admin_request::Command;
 use pb::admin_service_server::AdminService;
@@ -33,13 +35,103 @@ use super::state::{
 };
 use super::{Shared, ADMIN_REQUEST_BYTES_MAX};
 
-/// Roles a participant may hold.
-const ROLES: [&str; 4] = [
-    "prosumer",
-    "network_operator",
-    "grid_connection",
-    "regulator",
-];
+/// Settlement accounts that are not participants and that a participant id could spell (the
+/// engine's other system accounts hold a `:`, which participant ids cannot).
+const RESERVED_ACCOUNTS: [&str; 1] = [NETWORK_OPERATOR_ACCOUNT];
+
+/// The roles a registration asks for: the enum field and the v1 names must name the same set
+/// if both are given; neither makes a prosumer. Returned as the names the ledger records, in
+/// `ParticipantRole` order, without repeats.
+fn requested_roles(r: &pb::RegisterParticipant) -> Result<Vec<String>, ServiceError> {
+    let mut by_enum = Vec::new();
+    for (i, v) in r.participant_roles.iter().enumerate() {
+        match pb::ParticipantRole::try_from(*v) {
+            Ok(pb::ParticipantRole::Unspecified) | Err(_) => {
+                return Err(invalid(
+                    format!("participant_roles[{i}]"),
+                    format!("{v} is not a participant role"),
+                ))
+            }
+            Ok(role) => by_enum.push(role),
+        }
+    }
+    let mut by_name = Vec::new();
+    for (i, name) in r.roles.iter().enumerate() {
+        let role = pb::ParticipantRole::from_name(name)
+            .map_err(|e| invalid(format!("roles[{i}]"), e.to_string()))?;
+        by_name.push(role);
+    }
+    for set in [&mut by_enum, &mut by_name] {
+        set.sort_unstable();
+        set.dedup();
+    }
+    let roles = match (by_enum.is_empty(), by_name.is_empty()) {
+        (true, true) => vec![pb::ParticipantRole::Prosumer],
+        (false, true) => by_enum,
+        (true, false) => by_name,
+        (false, false) if by_enum == by_name => by_enum,
+        (false, false) => {
+            return Err(invalid(
+                "participant_roles",
+                format!(
+                    "names {} but roles names {}",
+                    names(&by_enum).join(","),
+                    names(&by_name).join(",")
+                ),
+            ))
+        }
+    };
+    Ok(names(&roles))
+}
+
+fn names(roles: &[pb::ParticipantRole]) -> Vec<String> {
+    roles.iter().map(|r| r.name().to_string()).collect()
+}
+
+/// The enum form of recorded role names (names the wire does not know are left out).
+fn role_enums(names: &[String]) -> Vec<i32> {
+    names
+        .iter()
+        .filter_map(|n| pb::ParticipantRole::from_name(n).ok())
+        .map(|r| r as i32)
+        .collect()
+}
+
+/// The requirement's direction: the enum field, the v1 string, or both agreeing.
+fn requested_direction(r: &pb::PostFlexRequirement) -> Result<Direction, ServiceError> {
+    let by_enum = match pb::FlexDirection::try_from(r.flex_direction) {
+        Ok(pb::FlexDirection::Unspecified) => None,
+        Ok(d) => Some(d),
+        Err(_) => {
+            return Err(invalid(
+                "flex_direction",
+                format!("{} is not a flexibility direction", r.flex_direction),
+            ))
+        }
+    };
+    let by_name = if r.direction.is_empty() {
+        None
+    } else {
+        Some(
+            pb::FlexDirection::from_name(&r.direction)
+                .map_err(|e| invalid("direction", e.to_string()))?,
+        )
+    };
+    let d = match (by_enum, by_name) {
+        (None, None) => return Err(invalid("flex_direction", "is missing (up or down)")),
+        (Some(a), Some(b)) if a != b => {
+            return Err(invalid(
+                "flex_direction",
+                format!("is {} but direction is {}", a.name(), b.name()),
+            ))
+        }
+        (Some(d), _) | (None, Some(d)) => d,
+    };
+    Ok(match d {
+        pb::FlexDirection::Down => Direction::Down,
+        _ => Direction::Up,
+    })
+}
 
 pub(crate) struct AdminApi {
     pub(crate) shared: Arc<Shared>,
@@ -123,10 +215,10 @@ impl AdminApi {
             });
         }
         let command = r.command.ok_or_else(|| invalid("command", "is missing"))?;
-        if command_name(&command) != rpc {
+        if admin_rpc_name(&command) != rpc {
             return Err(invalid(
                 "command",
-                format!("is {} but the call is {rpc}", command_name(&command)),
+                format!("is {} but the call is {rpc}", admin_rpc_name(&command)),
             ));
         }
         *guard = r.nonce;
@@ -135,22 +227,6 @@ impl AdminApi {
             nonce: r.nonce,
             guard,
         })
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::RegisterParticipant(_) => "RegisterParticipant",
-        Command::SuspendParticipant(_) => "SuspendParticipant",
-        Command::LoadScenario(_) => "LoadScenario",
-        Command::SetGridPrices(_) => "SetGridPrices",
-        Command::PostFlexRequirement(_) => "PostFlexRequirement",
-        Command::Pause(_) => "Pause",
-        Command::Resume(_) => "Resume",
-        Command::ClearNow(_) => "ClearNow",
-        Command::Status(_) => "Status",
-        Command::ListParticipants(_) => "ListParticipants",
-        Command::ListIntervals(_) => "ListIntervals",
     }
 }
 
@@ -306,13 +382,21 @@ impl AdminService for AdminApi {
             unreachable!("authorize checked the command")
         };
         check_participant_id(&r.participant_id)?;
+        if RESERVED_ACCOUNTS.contains(&r.participant_id.as_str()) {
+            return Err(invalid(
+                "participant_id",
+                format!(
+                    "{:?} is a system account's name (a participant's account is its id)",
+                    r.participant_id
+                ),
+            )
+            .into());
+        }
         let key = parse_key("public_key_hex", &r.public_key_hex)?;
         if r.node.is_empty() {
             return Err(invalid("node", "is empty").into());
         }
-        if let Some(role) = r.roles.iter().find(|x| !ROLES.contains(&x.as_str())) {
-            return Err(invalid("roles", format!("unknown role {role:?}")).into());
-        }
+        let roles = requested_roles(&r)?;
         let capacity_kw = if r.capacity_kw.is_empty() {
             None
         } else {
@@ -337,7 +421,7 @@ impl AdminService for AdminApi {
         }
         let details = ParticipantDetails {
             node: r.node.clone(),
-            roles: r.roles.clone(),
+            roles,
             capacity_kw,
         };
         let body = ParticipantBody {
@@ -466,13 +550,24 @@ impl AdminService for AdminApi {
             unreachable!("authorize checked the command")
         };
         let mut spec = network(&self.shared)?;
-        let direction = match r.direction.as_str() {
-            "up" => Direction::Up,
-            "down" => Direction::Down,
-            other => {
-                return Err(invalid("direction", format!("{other:?} is not up or down")).into())
-            }
-        };
+        let direction = requested_direction(&r)?;
+        if !r.buyer.is_empty() {
+            let st = self.shared.lock();
+            let p = st
+                .participants
+                .get(&r.buyer)
+                .filter(|p| p.active)
+                .ok_or_else(|| {
+                    invalid(
+                        "buyer",
+                        format!(
+                            "{:?} is not an active participant (empty: the {NETWORK_OPERATOR_ACCOUNT} account)",
+                            r.buyer
+                        ),
+                    )
+                })?;
+            p.require(&r.buyer, pb::ParticipantRole::NetworkOperator)?;
+        }
         let blocks = r
             .blocks
             .iter()
@@ -618,6 +713,7 @@ impl AdminService for AdminApi {
                     capacity_kw: p.capacity_kw.map(|c| c.to_string()).unwrap_or_default(),
                     public_key_hex: hex::encode(p.key.to_bytes()),
                     active: p.active,
+                    participant_roles: role_enums(&p.roles),
                 }
             })
             .collect();

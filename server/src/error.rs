@@ -18,6 +18,16 @@ pub enum ServiceError {
     /// The participant is suspended.
     #[error("participant {0:?} is suspended")]
     Suspended(String),
+    /// The participant does not hold the role the request needs.
+    #[error("participant {participant:?} lacks the {role} role (holds: {holds})")]
+    MissingRole {
+        /// The participant.
+        participant: String,
+        /// The role needed.
+        role: &'static str,
+        /// The roles it holds, comma-separated.
+        holds: String,
+    },
     /// The order is for a node that is not the participant's.
     #[error("node: {node:?} is not participant {participant:?}'s node")]
     WrongNode {
@@ -92,7 +102,9 @@ impl From<ServiceError> for Status {
             E::BadSignature(_) | E::UnknownParticipant(_) | E::BadOperatorSignature => {
                 Code::Unauthenticated
             }
-            E::Suspended(_) | E::WrongNode { .. } | E::NotYourOrder(_) => Code::PermissionDenied,
+            E::Suspended(_) | E::MissingRole { .. } | E::WrongNode { .. } | E::NotYourOrder(_) => {
+                Code::PermissionDenied
+            }
             E::InvalidField { .. } => Code::InvalidArgument,
             E::ReplayedNonce { .. } | E::AlreadyRegistered(_) => Code::AlreadyExists,
             E::GateClosed(_) | E::Paused | E::NoNetwork | E::NotOpen(_) => Code::FailedPrecondition,

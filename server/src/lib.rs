@@ -55,11 +55,8 @@ pub const REQUEST_BYTES_MAX: usize = 1024;
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest gRPC message the server decodes, bytes (an admin request plus framing).
 pub const GRPC_MESSAGE_BYTES_MAX: usize = ADMIN_REQUEST_BYTES_MAX + 64 * 1024;
-/// Longest decimal string accepted, characters: 1e8 with 6 decimals and a sign is 16.
-pub const DECIMAL_CHARS_MAX: usize = 32;
-/// Longest participant id, bytes (order ids are `<participant>-<nonce>` and must stay within
-/// the engine's 128).
-pub const PARTICIPANT_ID_BYTES_MAX: usize = 64;
+/// The wire's own limits (`baton_proto::wire`): longest decimal string and participant id.
+pub use baton_proto::wire::{DECIMAL_CHARS_MAX, PARTICIPANT_ID_BYTES_MAX};
 /// Orders waiting for the group-commit task. When full, intake answers RESOURCE_EXHAUSTED
 /// rather than queueing without bound.
 pub const INTAKE_QUEUE_DEPTH_MAX: usize = 8_192;

@@ -16,9 +16,8 @@ use prost::Message;
 use rust_decimal::Decimal;
 
 use super::error::{invalid, ServiceError};
-use super::{
-    Limits, DECIMAL_CHARS_MAX, ORDER_BYTES_MAX, PARTICIPANT_ID_BYTES_MAX, REQUEST_BYTES_MAX,
-};
+use super::{Limits, ORDER_BYTES_MAX, REQUEST_BYTES_MAX};
+use baton_proto::wire::{self, ParticipantId};
 
 /// A registered participant.
 #[derive(Clone, Debug)]
@@ -28,6 +27,33 @@ pub(crate) struct Participant {
     pub(crate) roles: Vec<String>,
     pub(crate) capacity_kw: Option<Decimal>,
     pub(crate) active: bool,
+}
+
+impl Participant {
+    /// Whether it holds `role`. A participant recorded without roles (before roles were
+    /// enforced) is a prosumer, as registration without roles makes one today.
+    pub(crate) fn has_role(&self, role: pb::ParticipantRole) -> bool {
+        if self.roles.is_empty() {
+            return role == pb::ParticipantRole::Prosumer;
+        }
+        self.roles.iter().any(|r| r == role.name())
+    }
+
+    /// Refuses a participant that lacks `role`.
+    pub(crate) fn require(&self, id: &str, role: pb::ParticipantRole) -> Result<(), ServiceError> {
+        if self.has_role(role) {
+            return Ok(());
+        }
+        Err(ServiceError::MissingRole {
+            participant: id.to_string(),
+            role: role.name(),
+            holds: if self.roles.is_empty() {
+                "none".to_string()
+            } else {
+                self.roles.join(",")
+            },
+        })
+    }
 }
 
 /// The `details` a `participant` ledger entry carries, so a restart knows node and limits.
@@ -259,65 +285,21 @@ pub(crate) struct MarketState {
     pub(crate) cleared: BTreeSet<i64>,
 }
 
-/// Parses a wire decimal: digits with an optional leading `-` and at most one `.`, at most
-/// `scale` decimals. Anything else — exponents, `NaN`, `inf`, spaces, `+` — is refused, so
-/// every accepted number has one spelling's worth of meaning.
+/// Parses a wire decimal by the one grammar (`baton_proto::wire::parse_decimal`), naming
+/// `field` in the refusal.
 pub(crate) fn parse_decimal(field: &str, text: &str, scale: u32) -> Result<Decimal, ServiceError> {
-    if text.is_empty() {
-        return Err(invalid(field, "is empty"));
-    }
-    if text.len() > DECIMAL_CHARS_MAX {
-        return Err(invalid(
-            field,
-            format!("is longer than {DECIMAL_CHARS_MAX} characters"),
-        ));
-    }
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let well_formed = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && digits.bytes().filter(|&b| b == b'.').count() <= 1
-        && !digits.starts_with('.')
-        && !digits.ends_with('.');
-    if !well_formed {
-        return Err(invalid(
-            field,
-            format!("{text:?} is not a decimal number (digits, optional '-' and '.')"),
-        ));
-    }
-    let d = Decimal::from_str_exact(text)
-        .map_err(|_| invalid(field, format!("{text:?} is out of range")))?;
-    if d.scale() > scale {
-        return Err(invalid(
-            field,
-            format!("{text:?} has more than {scale} decimal places"),
-        ));
-    }
-    Ok(d)
+    wire::parse_decimal(text, scale).map_err(|e| invalid(field, e.to_string()))
 }
 
-/// Checks a participant id: the characters that are safe in ledger accounts and order ids.
-pub(crate) fn check_participant_id(id: &str) -> Result<(), ServiceError> {
-    if id.is_empty() || id.len() > PARTICIPANT_ID_BYTES_MAX {
-        return Err(invalid(
-            "participant_id",
-            format!("must be 1 to {PARTICIPANT_ID_BYTES_MAX} bytes"),
-        ));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    {
-        return Err(invalid(
-            "participant_id",
-            format!("{id:?} may only hold ASCII letters, digits, '_', '.' and '-'"),
-        ));
-    }
-    Ok(())
+/// Checks a participant id (`baton_proto::wire::ParticipantId`): the characters that are safe
+/// in ledger accounts and order ids.
+pub(crate) fn check_participant_id(id: &str) -> Result<ParticipantId, ServiceError> {
+    ParticipantId::parse(id).map_err(|e| invalid("participant_id", e.to_string()))
 }
 
 /// The id of a participant's order: unique because nonces are.
 pub(crate) fn order_id(participant: &str, nonce: u64) -> String {
-    format!("{participant}-{nonce}")
+    wire::order_id(participant, nonce)
 }
 
 fn signature(bytes: &[u8], who: &str) -> Result<[u8; 64], ServiceError> {
@@ -481,6 +463,7 @@ impl MarketState {
         if !participant.active {
             return Err(ServiceError::Suspended(pid.to_string()));
         }
+        participant.require(pid, pb::ParticipantRole::Prosumer)?;
         let checks = self.checks.as_ref().ok_or(ServiceError::NoNetwork)?;
         if self.paused {
             return Err(ServiceError::Paused);
@@ -640,8 +623,10 @@ impl MarketState {
         if !participant.active {
             return Err(ServiceError::Suspended(pid.to_string()));
         }
+        participant.require(pid, pb::ParticipantRole::Prosumer)?;
         check_timestamp(req.timestamp, wall_now_s, window_s)?;
         self.check_nonce(pid, req.nonce)?;
+        wire::OrderId::parse(&req.order_id).map_err(|e| invalid("order_id", e.to_string()))?;
         let order = self
             .orders
             .get(&req.order_id)

@@ -87,9 +87,10 @@ enum ParticipantsCommand {
         /// A file holding its public key (e.g. NAME.pub).
         #[arg(long)]
         public_key_file: Option<PathBuf>,
-        /// Roles, comma-separated: prosumer, network_operator, grid_connection, regulator.
+        /// Roles, comma-separated. Only prosumers submit orders; a network operator may pay
+        /// for flexibility requirements.
         #[arg(long, value_delimiter = ',', default_value = "prosumer")]
-        roles: Vec<String>,
+        roles: Vec<RoleArg>,
         /// Largest quantity per block, kW (default: the engine's limit).
         #[arg(long)]
         capacity_kw: Option<Decimal>,
@@ -107,6 +108,43 @@ enum ParticipantsCommand {
         /// Participant id.
         id: String,
     },
+}
+
+/// A participant role on the command line (the wire's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// Submits and cancels orders.
+    #[value(name = "prosumer")]
+    Prosumer,
+    /// May be the buyer of a flexibility requirement.
+    #[value(name = "network_operator")]
+    NetworkOperator,
+    /// Recorded for the ledger's readers.
+    #[value(name = "grid_connection")]
+    GridConnection,
+    /// Recorded for the ledger's readers.
+    #[value(name = "regulator")]
+    Regulator,
+}
+
+impl RoleArg {
+    fn to_wire(self) -> pb::ParticipantRole {
+        match self {
+            RoleArg::Prosumer => pb::ParticipantRole::Prosumer,
+            RoleArg::NetworkOperator => pb::ParticipantRole::NetworkOperator,
+            RoleArg::GridConnection => pb::ParticipantRole::GridConnection,
+            RoleArg::Regulator => pb::ParticipantRole::Regulator,
+        }
+    }
+}
+
+/// A flexibility direction on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DirectionArg {
+    /// More injection or less consumption.
+    Up,
+    /// Less injection or more consumption.
+    Down,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -146,9 +184,9 @@ enum FlexCommand {
         /// Nodes where flexibility counts, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
-        /// up or down.
+        /// Which way the flexibility moves the node's net injection.
         #[arg(long)]
-        direction: String,
+        direction: DirectionArg,
         /// Blocks QUANTITY@PRICE (kW at most this price): `--block 5@0.2 3@0.3`, or repeat
         /// the flag.
         #[arg(long = "block", required = true, num_args = 1..)]
@@ -250,7 +288,7 @@ async fn run_async(a: AdminArgs) -> Result<(Output, bool)> {
                     id,
                     node,
                     public_key_hex,
-                    roles,
+                    roles: roles.into_iter().map(RoleArg::to_wire).collect(),
                     capacity_kw,
                 };
                 let r = admin.register_participant(&p).await.map_err(refused)?;
@@ -324,10 +362,9 @@ async fn run_async(a: AdminArgs) -> Result<(Output, bool)> {
                     buyer,
                 },
         } => {
-            let direction = match direction.as_str() {
-                "up" => FlexDirection::Up,
-                "down" => FlexDirection::Down,
-                other => bail!("--direction: {other:?} is not up or down"),
+            let direction = match direction {
+                DirectionArg::Up => FlexDirection::Up,
+                DirectionArg::Down => FlexDirection::Down,
             };
             let blocks = blocks
                 .iter()
@@ -483,8 +520,8 @@ fn parse_import(text: &str) -> Result<Vec<ImportRow>> {
                     .split(';')
                     .map(str::trim)
                     .filter(|r| !r.is_empty())
-                    .map(String::from)
-                    .collect(),
+                    .map(|r| pb::ParticipantRole::from_name(r).map_err(|e| format!("roles: {e}")))
+                    .collect::<Result<_, _>>()?,
                 capacity_kw,
             })
         })();
@@ -569,8 +606,23 @@ fn same_participant(k: &pb::ParticipantInfo, p: &NewParticipant) -> bool {
     let capacity = |s: &str| Decimal::from_str(s).ok();
     k.node == p.node
         && k.public_key_hex == p.public_key_hex
-        && k.roles == p.roles
+        && same_roles(&k.roles, &p.roles)
         && capacity(&k.capacity_kw) == p.capacity_kw
+}
+
+/// Whether recorded role names are the set `roles` asks for (none asks for a prosumer).
+fn same_roles(recorded: &[String], roles: &[pb::ParticipantRole]) -> bool {
+    let mut want: Vec<&str> = if roles.is_empty() {
+        vec![pb::ParticipantRole::Prosumer.name()]
+    } else {
+        roles.iter().map(|r| r.name()).collect()
+    };
+    let mut have: Vec<&str> = recorded.iter().map(String::as_str).collect();
+    for v in [&mut want, &mut have] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    want == have
 }
 
 fn participants_output(all: &[pb::ParticipantInfo]) -> Output {
@@ -901,12 +953,24 @@ mod tests {
             "# a comment\nid,node,public_key,roles,capacity_kw\n\
              alice,A,{key},prosumer;regulator,50\n\
              bob,B,nothex,prosumer,\n\
-             carol,B,{key},prosumer\n"
+             carol,B,{key},prosumer\n\
+             dave,B,{key},prosumer;admin,\n"
         );
         let rows = parse_import(&text).unwrap();
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 4);
+        assert!(rows[3]
+            .participant
+            .as_ref()
+            .unwrap_err()
+            .contains("roles: \"admin\" is not one of"));
         let a = rows[0].participant.as_ref().unwrap();
-        assert_eq!(a.roles, ["prosumer", "regulator"]);
+        assert_eq!(
+            a.roles,
+            [
+                pb::ParticipantRole::Prosumer,
+                pb::ParticipantRole::Regulator
+            ]
+        );
         assert_eq!(a.capacity_kw, Some(Decimal::new(50, 0)));
         assert_eq!(rows[0].line, 3);
         assert!(rows[1].participant.as_ref().unwrap_err().contains("hex"));

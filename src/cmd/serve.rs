@@ -1,6 +1,7 @@
 //! `baton serve`: runs the live market until SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -58,6 +59,19 @@ pub(crate) struct ServeArgs {
     /// listen on port 0).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Test only: make one of the server's tasks panic once it runs, to check that the market
+    /// halts and the process exits non-zero.
+    #[arg(long, hide = true, value_enum)]
+    inject_fault: Option<Fault>,
+}
+
+/// A task `--inject-fault` makes panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Fault {
+    /// The interval scheduler, at its next clock tick.
+    Scheduler,
+    /// The group-commit task, on the next batch of orders.
+    Commit,
 }
 
 /// `--config` file keys: the flag names with underscores.
@@ -153,6 +167,14 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
+    match a.inject_fault {
+        Some(Fault::Scheduler) => config
+            .faults
+            .scheduler_panics
+            .store(true, Ordering::Relaxed),
+        Some(Fault::Commit) => config.faults.commit_panics.store(true, Ordering::Relaxed),
+        None => {}
+    }
     let ready_file = a.ready_file.or(f.ready_file);
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {

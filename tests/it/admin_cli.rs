@@ -17,19 +17,11 @@ struct Serve {
 
 fn spawn_serve() -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Command::new(crate::BATON);
-    serve
-        .arg("serve")
-        .arg("--db")
-        .arg(support::sqlite_url(dir.path()))
-        // A missing key is generated (with its .pub) where the operator will read it.
-        .arg("--operator-key")
-        .arg(dir.path().join("keys").join("operator.key"))
-        .arg("--scenario")
-        .arg(scenario())
-        // Twice real time: gates may close while the test runs, and it must not matter.
-        .args(["--time-scale", "2"])
-        .env("RUST_LOG", "warn");
+    // A missing key is generated (with its .pub) where the operator will read it.
+    let key = dir.path().join("keys").join("operator.key");
+    let mut serve = support::serve_command(crate::BATON, dir.path(), &key, "two-node.toml");
+    // Twice real time: gates may close while the test runs, and it must not matter.
+    serve.args(["--time-scale", "2"]);
     Serve {
         process: support::ServeProcess::spawn(serve, None),
         dir,
@@ -166,6 +158,44 @@ async fn admin_commands_drive_a_live_server() {
         out.starts_with("registered carol at B (ledger seq "),
         "{out}"
     );
+    // Roles and directions are checked by name before anything is sent.
+    for (args, name) in [
+        (
+            vec![
+                "participants",
+                "register",
+                "--id",
+                "dan",
+                "--node",
+                "B",
+                "--public-key",
+                &pubkey(3),
+                "--roles",
+                "prosumer,admin",
+            ],
+            "'admin' for '--roles <ROLES>'",
+        ),
+        (
+            vec![
+                "flex",
+                "post",
+                "--id",
+                "x",
+                "--nodes",
+                "B",
+                "--direction",
+                "sideways",
+                "--block",
+                "1@0.1",
+            ],
+            "'sideways' for '--direction <DIRECTION>'",
+        ),
+    ] {
+        let out = s.admin(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(name), "{err}");
+        assert!(err.contains("[possible values: "), "{err}");
+    }
     let out = s.ok(&["participants", "suspend", "carol"]);
     assert!(out.starts_with("suspended carol (ledger seq "), "{out}");
     let table = s.ok(&["participants", "list"]);

@@ -254,16 +254,9 @@ struct Serve {
 
 fn spawn_serve() -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = std::process::Command::new(crate::BATON);
-    serve
-        .args(["serve", "--time-scale", "60"])
-        .arg("--db")
-        .arg(support::sqlite_url(dir.path()))
-        .arg("--operator-key")
-        .arg(dir.path().join("operator.key"))
-        .arg("--scenario")
-        .arg(support::scenario_path("ieee33-feeder.toml"))
-        .env("RUST_LOG", "warn");
+    let key = dir.path().join("operator.key");
+    let mut serve = support::serve_command(crate::BATON, dir.path(), &key, "ieee33-feeder.toml");
+    serve.args(["--time-scale", "60"]);
     Serve {
         process: support::ServeProcess::spawn(serve, None),
         dir,

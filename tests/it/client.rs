@@ -68,7 +68,7 @@ impl Server {
                 id: id.into(),
                 node: node.into(),
                 public_key_hex: key.public_key_hex(),
-                roles: vec!["prosumer".into()],
+                roles: vec![pb::ParticipantRole::Prosumer],
                 capacity_kw: Some(d("100")),
             })
             .await
@@ -358,6 +358,16 @@ async fn cancel_takes_an_order_out_of_the_book_and_list_shows_it() {
     assert!(e.to_string().contains("no longer open"), "{e}");
     let e = alice.get_order("alice-1").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    // An id that is not <participant>-<nonce> is refused as such, naming the field.
+    for bad in ["alice", "alice-007", "alice-1e3"] {
+        let e = alice.cancel(bad).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("order_id: {bad:?} is not <participant>-<nonce>")),
+            "{e}"
+        );
+    }
     s.stop().await;
 }
 
@@ -542,6 +552,7 @@ async fn a_replayed_admin_command_is_refused_after_a_restart() {
             node: "A".into(),
             roles: vec!["prosumer".into()],
             capacity_kw: "50".into(),
+            ..Default::default()
         }),
         C::SuspendParticipant(pb::SuspendParticipant {
             participant_id: "alice".into(),
@@ -560,6 +571,7 @@ async fn a_replayed_admin_command_is_refused_after_a_restart() {
                 price: "0.1".into(),
             }],
             buyer: String::new(),
+            ..Default::default()
         }),
         C::LoadScenario(pb::LoadScenario {
             toml: TWO_NODE.into(),
@@ -672,7 +684,7 @@ async fn hundreds_of_participants_share_one_connection() {
                 id: id.clone(),
                 node: node.into(),
                 public_key_hex: key.public_key_hex(),
-                roles: vec!["prosumer".into()],
+                roles: vec![pb::ParticipantRole::Prosumer],
                 capacity_kw: None,
             })
             .await

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,17 +172,35 @@ impl Run {
     }
 }
 
-/// Runs the example script; `on_line` sees each stdout line as it arrives and may act on it
-/// (the test closes the gate when the script says it is watching). Fails the test if the
-/// script does not exit 0 within the waits.
-async fn run_script<F, Fut>(python: &str, args: &[String], cache: &Path, mut on_line: F) -> Run
+/// Runs the example script with `args`; see [`run_python`].
+async fn run_script<F, Fut>(python: &str, args: &[String], cache: &Path, on_line: F) -> Run
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let script = repo().join("clients/python/example.py");
+    let mut argv = vec![script.into_os_string()];
+    argv.extend(args.iter().map(Into::into));
+    run_python(python, &argv, cache, on_line).await
+}
+
+/// Runs `python ARGV` with the client on its path; `on_line` sees each stdout line as it
+/// arrives and may act on it (close the gate when the script says it is watching, stop the
+/// server while it streams). Fails the test if the script goes quiet for `SCRIPT_WAIT_S` or
+/// does not exit 0.
+async fn run_python<F, Fut>(
+    python: &str,
+    argv: &[std::ffi::OsString],
+    cache: &Path,
+    mut on_line: F,
+) -> Run
 where
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut child = tokio::process::Command::new(python)
-        .arg(repo().join("clients/python/example.py"))
-        .args(args)
+        .args(argv)
+        .env("PYTHONPATH", repo().join("clients/python"))
         // Generated stubs go to the test's directory, not the user's cache.
         .env("BATON_PROTO_CACHE", cache)
         // Leave no __pycache__ in the source tree.
@@ -222,7 +241,7 @@ where
     let err = stderr_task.await.unwrap();
     assert!(
         status.success(),
-        "example.py {args:?} failed ({status}):\n{}\nstderr:\n{err}",
+        "python {argv:?} failed ({status}):\n{}\nstderr:\n{err}",
         lines.join("\n")
     );
     Run { lines }
@@ -271,6 +290,7 @@ async fn the_python_example_signs_orders_the_ledger_records_and_sees_its_fills()
         node: "A".into(),
         roles: vec!["prosumer".into()],
         capacity_kw: "50".into(),
+        ..Default::default()
     }));
     h.admin.register_participant(r).await.unwrap();
 
@@ -511,32 +531,24 @@ struct ServeChild {
 impl Drop for ServeChild {
     fn drop(&mut self) {
         // Continue a SIGSTOPped child so that it dies (and is reaped) promptly.
-        signal(&self.serve.child, "CONT");
+        signal(self.serve.child.id(), "CONT");
     }
 }
 
-fn signal(child: &std::process::Child, name: &str) {
+fn signal(pid: u32, name: &str) {
     let ok = std::process::Command::new("kill")
         .arg(format!("-{name}"))
-        .arg(child.id().to_string())
+        .arg(pid.to_string())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "kill -{name} {}", child.id());
+    assert!(ok, "kill -{name} {pid}");
 }
 
 fn spawn_serve(dir: &Path) -> ServeChild {
-    let mut command = std::process::Command::new(crate::BATON);
-    command
-        .arg("serve")
-        .arg("--db")
-        .arg(support::sqlite_url(dir))
-        .arg("--operator-key")
-        .arg(dir.join("operator.key"))
-        .arg("--scenario")
-        .arg(support::scenario_path("two-node.toml"))
-        .args(["--open-orders-max", "1000000"])
-        .env("RUST_LOG", "warn");
+    let key = dir.join("operator.key");
+    let mut command = support::serve_command(crate::BATON, dir, &key, "two-node.toml");
+    command.args(["--open-orders-max", "1000000"]);
     ServeChild {
         serve: support::ServeProcess::spawn(command, None),
     }
@@ -570,6 +582,7 @@ async fn a_grpcio_order_stream_survives_a_stopped_server() {
             node: "A".into(),
             roles: vec!["prosumer".into()],
             capacity_kw: "50".into(),
+            ..Default::default()
         })),
     }
     .encode_to_vec();
@@ -590,58 +603,35 @@ async fn a_grpcio_order_stream_survives_a_stopped_server() {
     let key_file = dir.path().join("py-alice.key");
     std::fs::write(&key_file, format!("{}\n", hex::encode(PARTICIPANT_SEED))).unwrap();
 
-    let mut child = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(STREAM_SCRIPT)
-        .arg(format!("http://{}", serve.serve.addr))
-        .arg(PARTICIPANT)
-        .arg(&key_file)
-        .arg("A")
-        .arg(interval.to_string())
-        .arg(STALL_ORDERS.to_string())
-        .env("PYTHONPATH", repo().join("clients/python"))
-        .env("BATON_PROTO_CACHE", dir.path().join("stubs"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python starts");
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    let mut stalled = false;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(SCRIPT_WAIT_S), out.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("the script went quiet after:\n{}", lines.join("\n")))
-        .unwrap()
-    {
-        eprintln!("python: {line}");
-        // Once the stream is flowing, stop the server while the client keeps sending.
-        if !stalled && line.starts_with("progress ") {
-            stalled = true;
-            signal(&serve.serve.child, "STOP");
-            tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
-            signal(&serve.serve.child, "CONT");
+    let argv: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        STREAM_SCRIPT.into(),
+        format!("http://{}", serve.serve.addr).into(),
+        PARTICIPANT.into(),
+        key_file.into(),
+        "A".into(),
+        interval.to_string().into(),
+        STALL_ORDERS.to_string().into(),
+    ];
+    // Once the stream is flowing, stop the server while the client keeps sending.
+    let stalled = std::sync::atomic::AtomicBool::new(false);
+    let pid = serve.serve.child.id();
+    let run = run_python(&python, &argv, &dir.path().join("stubs"), |line| {
+        let stalled = &stalled;
+        async move {
+            if line.starts_with("progress ") && !stalled.swap(true, Ordering::SeqCst) {
+                signal(pid, "STOP");
+                tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
+                signal(pid, "CONT");
+            }
         }
-        lines.push(line);
-    }
-    let status = child.wait().await.unwrap();
-    let err = stderr_task.await.unwrap();
+    })
+    .await;
+    let lines = run.lines;
     let log = lines.join("\n");
     assert!(
-        stalled,
-        "the stream never got going:\n{log}\nstderr:\n{err}"
-    );
-    assert!(
-        status.success(),
-        "the stream failed ({status}):\n{log}\nstderr:\n{err}"
+        stalled.load(Ordering::SeqCst),
+        "the stream never got going:\n{log}"
     );
     assert_eq!(
         lines.last().map(String::as_str),

@@ -462,6 +462,7 @@ mod live {
                     node: node.into(),
                     roles: vec!["prosumer".into()],
                     capacity_kw: cap.into(),
+                    ..Default::default()
                 }),
             );
             admin_client.register_participant(r).await.unwrap();

@@ -800,6 +800,7 @@ async fn participants_and_the_network_agree_on_nodes_in_either_order() {
         node: "Z".into(),
         roles: vec!["prosumer".into()],
         capacity_kw: "10".into(),
+        ..Default::default()
     }));
     let e = h.admin.register_participant(r).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -964,15 +965,9 @@ fn spawn_serve_with(
     time_scale: &str,
     lines: Option<std::sync::mpsc::Sender<String>>,
 ) -> support::ServeProcess {
-    let mut serve = std::process::Command::new(crate::BATON);
+    let key = dir.join("operator.key");
+    let mut serve = support::serve_command(crate::BATON, dir, &key, "two-node.toml");
     serve
-        .arg("serve")
-        .arg("--db")
-        .arg(support::sqlite_url(dir))
-        .arg("--operator-key")
-        .arg(dir.join("operator.key"))
-        .arg("--scenario")
-        .arg(support::scenario_path("two-node.toml"))
         // One-minute intervals at 20× real time: a gate closes every 3 real seconds.
         .args(["--interval-minutes", "1", "--gate-lead-seconds", "10"])
         .args(["--intervals-ahead", "2", "--time-scale", time_scale])
@@ -1223,5 +1218,181 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
     eprintln!(
         "crash while clearing: {} orders in the book; interval recorded before the kill: {recorded_at_kill}",
         acked.len()
+    );
+}
+
+fn register_with(
+    id: &str,
+    key: &SigningKey,
+    roles: &[&str],
+    enums: &[pb::ParticipantRole],
+) -> Command {
+    Command::RegisterParticipant(pb::RegisterParticipant {
+        participant_id: id.into(),
+        public_key_hex: hex::encode(key.verifying_key().to_bytes()),
+        node: "B".into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        participant_roles: enums.iter().map(|r| *r as i32).collect(),
+        capacity_kw: String::new(),
+    })
+}
+
+fn flex_requirement(buyer: &str, direction: &str, flex_direction: pb::FlexDirection) -> Command {
+    Command::PostFlexRequirement(pb::PostFlexRequirement {
+        id: "evening-B".into(),
+        nodes: vec!["B".into()],
+        direction: direction.into(),
+        blocks: vec![pb::FlexBlock {
+            quantity: "5".into(),
+            price: "0.2".into(),
+        }],
+        buyer: buyer.into(),
+        flex_direction: flex_direction as i32,
+    })
+}
+
+/// Roles are consulted: only prosumers trade, only network operators pay for flexibility; the
+/// enum and the v1 names are one set; a participant cannot take a system account's name.
+#[tokio::test]
+async fn roles_decide_who_may_trade_and_who_may_buy_flexibility() {
+    let (_d, mut h) = with_participants(Options::default()).await;
+    let dso = key(5);
+    h.admin_call(register_with(
+        "dso",
+        &dso,
+        &[],
+        &[pb::ParticipantRole::NetworkOperator],
+    ))
+    .await
+    .unwrap();
+    // A network operator may not submit (or cancel) orders.
+    let o = order("dso", 1, "B", pb::Side::Buy, &[("5", "0.3")]);
+    let e = h.submit(&dso, &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "participant \"dso\" lacks the prosumer role (holds: network_operator)"
+    );
+    // Registered with neither field: a prosumer, listed with both spellings.
+    h.admin_call(register_with("erin", &key(6), &[], &[]))
+        .await
+        .unwrap();
+    let o = order("erin", 1, "B", pb::Side::Buy, &[("5", "0.3")]);
+    h.submit(&key(6), &o).await.unwrap();
+    let r = h.admin_request(Command::ListParticipants(pb::ListParticipants::default()));
+    let listed = h.admin.list_participants(r).await.unwrap().into_inner();
+    let erin = listed
+        .participants
+        .iter()
+        .find(|p| p.participant_id == "erin")
+        .unwrap();
+    assert_eq!(erin.roles, ["prosumer"]);
+    assert_eq!(
+        erin.participant_roles,
+        [pb::ParticipantRole::Prosumer as i32]
+    );
+    // Both fields must name one set; unknown names and enum values are refused by field.
+    let bad = [
+        (
+            register_with("f1", &key(7), &["regulator"], &[pb::ParticipantRole::Prosumer]),
+            "participant_roles: names prosumer but roles names regulator",
+        ),
+        (
+            register_with("f2", &key(7), &["prosumer", "admin"], &[]),
+            "roles[1]: \"admin\" is not one of prosumer, network_operator, grid_connection, regulator",
+        ),
+        (
+            register_with("network-operator", &key(7), &[], &[]),
+            "participant_id: \"network-operator\" is a system account's name (a participant's account is its id)",
+        ),
+    ];
+    for (command, message) in bad {
+        let e = h.admin_call(command).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert_eq!(e.message(), message);
+    }
+    let mut enum_nine = pb::RegisterParticipant {
+        participant_id: "f3".into(),
+        public_key_hex: hex::encode(key(7).verifying_key().to_bytes()),
+        node: "B".into(),
+        ..Default::default()
+    };
+    enum_nine.participant_roles = vec![9];
+    let e = h
+        .admin_call(Command::RegisterParticipant(enum_nine))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        "participant_roles[0]: 9 is not a participant role"
+    );
+    // Flexibility: a prosumer may not be the buyer, a network operator may; the direction may
+    // come as the enum, the v1 string, or both agreeing.
+    let e = h
+        .admin_call(flex_requirement("alice", "", pb::FlexDirection::Up))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "participant \"alice\" lacks the network_operator role (holds: prosumer)"
+    );
+    let e = h
+        .admin_call(flex_requirement("nobody", "", pb::FlexDirection::Up))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e
+        .message()
+        .starts_with("buyer: \"nobody\" is not an active participant"));
+    let e = h
+        .admin_call(flex_requirement("dso", "down", pb::FlexDirection::Up))
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "flex_direction: is up but direction is down");
+    let e = h
+        .admin_call(flex_requirement("dso", "", pb::FlexDirection::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "flex_direction: is missing (up or down)");
+    h.admin_call(flex_requirement("dso", "", pb::FlexDirection::Down))
+        .await
+        .unwrap();
+    h.admin_call(flex_requirement("", "up", pb::FlexDirection::Unspecified))
+        .await
+        .unwrap();
+    h.stop().await;
+}
+
+/// Issue 9: a real `baton serve` whose scheduler dies exits non-zero, saying why — so a
+/// process supervisor (systemd, Kubernetes) restarts it instead of leaving a market that
+/// acknowledges orders it will never clear.
+#[test]
+fn a_baton_serve_whose_scheduler_dies_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let key = dir.path().join("operator.key");
+    let mut serve = support::serve_command(crate::BATON, dir.path(), &key, "two-node.toml");
+    serve.args(["--inject-fault", "scheduler"]);
+    let mut p = support::ServeProcess::spawn(serve, Some(tx));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "baton serve still running 60 s after its scheduler panicked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Let the reader thread pass on the last lines.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stderr: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(1), "{status}: {stderr:#?}");
+    let last = stderr.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.starts_with("baton: error: market halted: ") && last.contains("scheduler"),
+        "{stderr:#?}"
     );
 }

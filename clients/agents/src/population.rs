@@ -507,7 +507,7 @@ impl Population {
                 a.id(),
                 a.node(),
                 hex::encode(a.key().verifying_key().to_bytes()),
-                Agent::ROLES.join(";"),
+                Agent::ROLES.map(|r| r.name()).join(";"),
                 a.capacity_kw()
             ));
         }

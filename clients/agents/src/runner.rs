@@ -271,7 +271,7 @@ pub async fn register(
                 id: a.id().to_string(),
                 node: a.node().to_string(),
                 public_key_hex: key_hex,
-                roles: super::Agent::ROLES.iter().map(|r| r.to_string()).collect(),
+                roles: super::Agent::ROLES.to_vec(),
                 capacity_kw: Some(a.capacity_kw()),
             })
             .await;

@@ -180,7 +180,8 @@ pub struct Agent {
 
 impl Agent {
     /// The roles an agent registers with.
-    pub const ROLES: [&'static str; 1] = ["prosumer"];
+    pub const ROLES: [baton_client::pb::ParticipantRole; 1] =
+        [baton_client::pb::ParticipantRole::Prosumer];
 
     /// An agent. `history_len` is K of the battery's moving average (≥ 1).
     #[allow(clippy::too_many_arguments)]

@@ -32,8 +32,8 @@ pub struct NewParticipant {
     pub node: String,
     /// Its ed25519 public key, 64 hex digits.
     pub public_key_hex: String,
-    /// `prosumer`, `network_operator`, `grid_connection`, `regulator`.
-    pub roles: Vec<String>,
+    /// What it may do (empty: a prosumer). Only prosumers submit and cancel orders.
+    pub roles: Vec<pb::ParticipantRole>,
     /// Largest quantity per block, kW (`None`: the engine's limit).
     pub capacity_kw: Option<Decimal>,
 }
@@ -48,12 +48,17 @@ pub enum FlexDirection {
 }
 
 impl FlexDirection {
-    /// `up` or `down`, as the wire spells it.
-    pub fn as_str(self) -> &'static str {
+    /// The wire enum.
+    pub fn to_wire(self) -> pb::FlexDirection {
         match self {
-            FlexDirection::Up => "up",
-            FlexDirection::Down => "down",
+            FlexDirection::Up => pb::FlexDirection::Up,
+            FlexDirection::Down => pb::FlexDirection::Down,
         }
+    }
+
+    /// `up` or `down`, as the wire's v1 string field spells it.
+    pub fn as_str(self) -> &'static str {
+        self.to_wire().name()
     }
 }
 
@@ -119,7 +124,13 @@ impl AdminClient {
         let mut resyncs = 0;
         loop {
             let req = self.sign(self.nonces.next(), &command);
-            match call(rpc_name(&command), timeout_ms, rpc(self.inner.clone(), req)).await {
+            match call(
+                baton_proto::wire::admin_rpc_name(&command),
+                timeout_ms,
+                rpc(self.inner.clone(), req),
+            )
+            .await
+            {
                 Err(e) => match e.last_accepted_nonce() {
                     Some(last) if resyncs < ADMIN_NONCE_RESYNCS_MAX => {
                         self.nonces.observe(last);
@@ -153,7 +164,9 @@ impl AdminClient {
             participant_id: p.id.clone(),
             public_key_hex: p.public_key_hex.clone(),
             node: p.node.clone(),
-            roles: p.roles.clone(),
+            // Both fields, so servers from before the enum read the same set.
+            roles: p.roles.iter().map(|r| r.name().to_string()).collect(),
+            participant_roles: p.roles.iter().map(|r| *r as i32).collect(),
             capacity_kw: p.capacity_kw.map(wire).unwrap_or_default(),
         });
         self.send(cmd, REQUEST_TIMEOUT_MS, |mut c, r| async move {
@@ -211,6 +224,7 @@ impl AdminClient {
             id: f.id.clone(),
             nodes: f.nodes.clone(),
             direction: f.direction.as_str().to_string(),
+            flex_direction: f.direction.to_wire() as i32,
             blocks: f
                 .blocks
                 .iter()
@@ -313,21 +327,5 @@ impl AdminClient {
             .read(cmd, |mut c, r| async move { c.list_intervals(r).await })
             .await?;
         Ok(r.intervals)
-    }
-}
-
-fn rpc_name(c: &Command) -> &'static str {
-    match c {
-        Command::RegisterParticipant(_) => "RegisterParticipant",
-        Command::SuspendParticipant(_) => "SuspendParticipant",
-        Command::LoadScenario(_) => "LoadScenario",
-        Command::SetGridPrices(_) => "SetGridPrices",
-        Command::PostFlexRequirement(_) => "PostFlexRequirement",
-        Command::Pause(_) => "Pause",
-        Command::Resume(_) => "Resume",
-        Command::ClearNow(_) => "ClearNow",
-        Command::Status(_) => "Status",
-        Command::ListParticipants(_) => "ListParticipants",
-        Command::ListIntervals(_) => "ListIntervals",
     }
 }

@@ -39,7 +39,7 @@
 //!         id: "alice".into(),
 //!         node: "A".into(),
 //!         public_key_hex: key.public_key_hex(),
-//!         roles: vec!["prosumer".into()],
+//!         roles: vec![pb::ParticipantRole::Prosumer],
 //!         capacity_kw: Some(Decimal::new(50, 0)),
 //!     })
 //!     .await?;
@@ -204,7 +204,7 @@ pub fn decimal(field: &str, text: &str) -> Result<Decimal, ClientError> {
 
 /// The wire spelling of a decimal: no trailing zeros, never `-0`.
 pub(crate) fn wire(d: Decimal) -> String {
-    d.normalize().to_string()
+    baton_proto::wire::format_decimal(d)
 }
 
 /// The wait before retry number `attempt` (1 for the first retry): exponential and capped,

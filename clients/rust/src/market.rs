@@ -187,7 +187,7 @@ struct Counters {
 
 /// The id the server gives a participant's order: `<participant>-<nonce>`.
 pub fn order_id(participant: &str, nonce: u64) -> String {
-    format!("{participant}-{nonce}")
+    baton_proto::wire::order_id(participant, nonce)
 }
 
 /// Serializes `order` and signs exactly those bytes.

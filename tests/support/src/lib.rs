@@ -160,6 +160,7 @@ pub fn register_command(id: &str, key: &SigningKey, node: &str, capacity_kw: &st
         node: node.into(),
         roles: vec!["prosumer".into()],
         capacity_kw: capacity_kw.into(),
+        ..Default::default()
     })
 }
 
@@ -276,6 +277,23 @@ impl Drop for Server {
             let _ = tx.send(());
         }
     }
+}
+
+/// The `baton serve` command line (the binary at `baton`) on a SQLite ledger in `dir`, with
+/// the operator key at `key` (generated with its `.pub` if missing) and `scenarios/SCENARIO`
+/// loaded, logging warnings only. Callers add their own flags; [`ServeProcess::spawn`] adds
+/// where to listen.
+pub fn serve_command(baton: &str, dir: &Path, key: &Path, scenario: &str) -> Command {
+    let mut c = Command::new(baton);
+    c.arg("serve")
+        .arg("--db")
+        .arg(sqlite_url(dir))
+        .arg("--operator-key")
+        .arg(key)
+        .arg("--scenario")
+        .arg(scenario_path(scenario))
+        .env("RUST_LOG", "warn");
+    c
 }
 
 /// Standard-error lines kept from a `baton serve` child, to explain a failed start.
