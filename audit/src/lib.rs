@@ -1,9 +1,12 @@
 //! What a cleared interval is in the ledger, and how a regulator checks it.
 //!
-//! - [`record`]: the entries an interval is recorded as (`interval_input`, `interval_result`,
-//!   `settlement`, appended together) and [`record::reclear`], which re-clears one interval and
-//!   compares byte for byte.
-//! - [`reclear_ledger`]: every recorded interval of a ledger re-cleared.
+//! - [`record`]: the entries an interval is recorded as (`gate_closed` when its book freezes;
+//!   `interval_input`, `interval_result`, `settlement`, appended together once cleared) and
+//!   [`record::reclear`], which re-clears one interval and compares byte for byte.
+//! - [`book`]: book binding — each interval's book is exactly the signed orders accepted before
+//!   its gate, rebuilt from the ledger alone.
+//! - [`verify`]: the ledger's own verification and the book binding in one pass;
+//!   [`reclear_ledger`]: every recorded interval re-cleared from its bound book.
 //! - [`summary`]: what a ledger says happened, interval by interval (the data of `baton report`).
 //!
 //! **Architecture Invariant:** an interval is recorded by [`record::interval_entries`] and
@@ -11,13 +14,19 @@
 //! live market), so one re-clear checks both. This crate reads the ledger and runs the engine; it
 //! knows nothing of the server, the wire or the simulator.
 
-use std::collections::BTreeMap;
+use baton_ledger::audit::{
+    EntryCheck, EntryView, FailureReason, VerifyFailure, VerifyOptions, VerifyReport,
+};
+use baton_ledger::{
+    Checkpoint, EntryKind, Ledger, LedgerError, PublicKey, SignedMessageBody,
+    ENTRIES_PER_READ_MAX,
+};
 
-use baton_ledger::{EntryKind, Ledger, LedgerError, ENTRIES_PER_READ_MAX};
-
+pub mod book;
 pub mod record;
 pub mod summary;
 
+pub use book::{Binding, BindingReport};
 pub use record::{Recleared, RecordError};
 
 /// Why a ledger could not be re-cleared.
@@ -39,65 +48,148 @@ pub enum ReclearError {
     /// An interval did not re-clear to what was recorded.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// An entry breaks the book binding ([`book::Binding`]); seq 0: found at the end.
+    #[error("seq {seq}: {reason}")]
+    Binding {
+        /// The entry.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
-/// The latest `interval_input`, `interval_result` and `settlement` body of every interval, read
-/// page by page so that memory holds those bodies and one page.
-async fn interval_bodies(
-    ledger: &Ledger,
-) -> Result<BTreeMap<i64, [Option<Vec<u8>>; 3]>, LedgerError> {
-    let mut by_interval: BTreeMap<i64, [Option<Vec<u8>>; 3]> = BTreeMap::new();
-    let mut from = 1u64;
-    loop {
-        let page = ledger
-            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
-            .await?;
-        let Some(last) = page.last() else { break };
-        from = last.seq + 1;
-        for e in page {
-            let Some(t) = e.interval_start else { continue };
-            let slot = match e.kind {
-                EntryKind::IntervalInput => 0,
-                EntryKind::IntervalResult => 1,
-                EntryKind::Settlement => 2,
-                _ => continue,
-            };
-            // Latest of each kind (a re-recorded interval would be a correction).
-            by_interval.entry(t).or_default()[slot] = Some(e.body);
-        }
-    }
-    Ok(by_interval)
-}
-
-/// Re-clears every recorded interval of the ledger at `db` (or only `only`) from its recorded
-/// input and checks the recorded result and settlement are identical; the first difference is
-/// an error naming the interval.
+/// Re-clears every recorded interval of the ledger at `db` (or only `only`): each book is
+/// rebuilt from the signed order entries its gate binds and the network entry in force
+/// ([`book::Binding`]), cleared, and the recorded result and settlement must be identical; the
+/// first difference, or the first entry that breaks the book binding, is an error naming the
+/// interval.
 pub async fn reclear_ledger(db: &str, only: Option<i64>) -> Result<Vec<Recleared>, ReclearError> {
     let ledger_error = |source| ReclearError::Ledger {
         db: db.to_string(),
         source,
     };
     let ledger = Ledger::open_existing(db).await.map_err(ledger_error)?;
-    let read = interval_bodies(&ledger).await;
+    let done = reclear_open(&ledger, only).await;
     ledger.close().await;
-    let mut by_interval = read.map_err(ledger_error)?;
+    let done = done?;
     if let Some(t) = only {
-        by_interval.retain(|k, _| *k == t);
-        if by_interval.is_empty() {
+        if done.is_empty() {
             return Err(ReclearError::NotRecorded(t));
         }
     }
-    let mut done = Vec::with_capacity(by_interval.len());
-    for (t, [input, result, settlement]) in &by_interval {
-        let missing = |what| RecordError::Missing { interval: *t, what };
-        done.push(record::reclear(
-            *t,
-            input.as_deref().ok_or_else(|| missing("interval_input"))?,
-            result
-                .as_deref()
-                .ok_or_else(|| missing("interval_result"))?,
-            settlement.as_deref().ok_or_else(|| missing("settlement"))?,
-        )?);
-    }
     Ok(done)
+}
+
+async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleared>, ReclearError> {
+    let ledger_error = |source| ReclearError::Ledger {
+        db: String::new(),
+        source,
+    };
+    let mut binding = Binding::rebuilding();
+    let mut done = Vec::new();
+    let mut from = 1u64;
+    loop {
+        let page = ledger
+            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
+            .await
+            .map_err(ledger_error)?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for e in &page {
+            let signed = match e.kind {
+                EntryKind::Order | EntryKind::Cancel => Some(
+                    SignedMessageBody::from_bytes(e.kind, &e.body).map_err(|err| {
+                        ReclearError::Binding {
+                            seq: e.seq,
+                            reason: err.to_string(),
+                        }
+                    })?,
+                ),
+                _ => None,
+            };
+            binding
+                .check(EntryView {
+                    seq: e.seq,
+                    kind: e.kind,
+                    interval_start: e.interval_start,
+                    body: &e.body,
+                    signed: signed.as_ref(),
+                })
+                .map_err(|reason| ReclearError::Binding { seq: e.seq, reason })?;
+            for b in binding.take_ready() {
+                if only.is_some_and(|t| t != b.interval) {
+                    continue;
+                }
+                done.push(record::reclear(
+                    b.interval,
+                    &b.market,
+                    b.rounding,
+                    &b.result,
+                    &b.settlement,
+                )?);
+            }
+        }
+    }
+    binding
+        .finish()
+        .map_err(|reason| ReclearError::Binding { seq: 0, reason })?;
+    Ok(done)
+}
+
+/// What [`verify`] found: the ledger's own checks and the book binding.
+#[derive(Clone, Debug)]
+pub struct AuditReport {
+    /// Chain, checkpoints, signatures, zero-sum, balances.
+    pub ledger: VerifyReport,
+    /// Every interval's book bound to its gate, signed orders and recording.
+    pub binding: BindingReport,
+}
+
+impl std::fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; books bound: {} intervals ({} operator-entered), {} orders",
+            self.ledger,
+            self.binding.intervals,
+            self.binding.operator_intervals,
+            self.binding.orders
+        )?;
+        if !self.binding.in_progress.is_empty() {
+            write!(
+                f,
+                "; gated, not yet recorded: {:?}",
+                self.binding.in_progress
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Verifies the ledger at `db` with every check the ledger makes
+/// ([`baton_ledger::audit::verify`]) and, in the same pass, the book binding of every interval
+/// ([`book::Binding`]): the first failure names its seq.
+pub async fn verify(
+    db: &str,
+    operator: &PublicKey,
+    published: Option<Checkpoint>,
+) -> Result<AuditReport, VerifyFailure> {
+    let ledger = Ledger::open_existing(db).await.map_err(|e| VerifyFailure {
+        seq: 0,
+        reason: FailureReason::Storage(e.to_string()),
+    })?;
+    let mut binding = Binding::new();
+    let r = ledger
+        .verify_checking(operator, published, VerifyOptions::default(), &mut binding)
+        .await;
+    ledger.close().await;
+    let ledger_report = r?;
+    let binding = binding.finish().map_err(|reason| VerifyFailure {
+        seq: 0,
+        reason: FailureReason::Check(reason),
+    })?;
+    Ok(AuditReport {
+        ledger: ledger_report,
+        binding,
+    })
 }

@@ -1,34 +1,74 @@
 //! Cleared intervals in the ledger.
 //!
-//! One interval is three entries appended in one transaction (with the checkpoint that ends
-//! every append):
+//! An interval's book is frozen by a `gate_closed` entry ([`signed_gate`] for the live market's
+//! signed orders, [`operator_gate`] for a book the operator entered), appended before clearing.
+//! The cleared interval is then three entries appended in one transaction (with the checkpoint
+//! that ends every append):
 //!
-//! 1. `interval_input` — canonical JSON `{"format": "baton-interval-input/v1", "market": …,
-//!    "rounding": bool}`: the whole market as cleared (network, grid connections, devices,
-//!    orders, flexibility), and whether its numbers were rounded to the fixed scales on the way
-//!    in (study files) or had to be exact (scenarios, the wire).
+//! 1. `interval_input` — JSON `{"format": "baton-interval-input/v2", "market": …,
+//!    "rounding": bool}`: whether numbers were rounded to the fixed scales on the way in (study
+//!    files) or had to be exact (scenarios, the wire), and — only for an operator-entered book
+//!    — the whole market as cleared. A signed book is not repeated: it is the signed orders the
+//!    gate binds, in the network entry the gate names ([`crate::book`]).
 //! 2. `interval_result` — the `nodal-auction-result/v1` JSON of the clearing (no timings), the
 //!    exact bytes `baton clear` writes.
 //! 3. `settlement` — the postings, zero-sum, in the ledger's own settlement schema.
 //!
-//! [`reclear`] re-runs the clearing from entry 1 and checks entries 2 and 3 byte for byte.
+//! [`reclear`] re-runs the clearing of the market [`crate::book::Binding`] rebuilt from the
+//! ledger and checks entries 2 and 3 byte for byte.
 
 use baton_engine::{clear, settle, study, Clearing, Market, MarketSpec, Settlement};
-use baton_ledger::{Amount, EntryKind, NewEntry, Posting, SettlementBody};
+use baton_ledger::{
+    signed_book_digest, Amount, BookSource, EntryKind, GateClosedBody, NewEntry, Posting,
+    SettlementBody,
+};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Format tag of an `interval_input` body.
-pub const INTERVAL_INPUT_FORMAT: &str = "baton-interval-input/v1";
+pub const INTERVAL_INPUT_FORMAT: &str = "baton-interval-input/v2";
 
 /// The body of an `interval_input` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalInput {
     /// [`INTERVAL_INPUT_FORMAT`].
     pub format: String,
-    /// The market as cleared.
-    pub market: MarketSpec,
+    /// The market as cleared, for a book the operator entered; absent for signed books.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketSpec>,
     /// Whether numbers were rounded to the fixed scales ([`Market::new_rounding`]).
     pub rounding: bool,
+}
+
+/// SHA-256 of the canonical JSON of an operator-entered market: what its gate binds.
+pub fn operator_book_digest(market: &MarketSpec) -> [u8; 32] {
+    let bytes = serde_json::to_vec(market).expect("a market spec serialises");
+    Sha256::digest(&bytes).into()
+}
+
+/// The `gate_closed` entry freezing interval `interval`'s signed book: the order entries at
+/// `order_seqs` (any order), cleared in the network entry at `network_seq`.
+pub fn signed_gate(interval: i64, network_seq: u64, order_seqs: &[u64]) -> NewEntry {
+    let mut seqs = order_seqs.to_vec();
+    seqs.sort_unstable();
+    NewEntry::gate_closed(&GateClosedBody {
+        book_digest: signed_book_digest(seqs.iter().copied()),
+        interval_start: interval,
+        network_seq,
+        orders: seqs.len() as u64,
+        source: BookSource::Signed,
+    })
+}
+
+/// The `gate_closed` entry of a book the operator entered (`market` carries it).
+pub fn operator_gate(interval: i64, market: &MarketSpec) -> NewEntry {
+    NewEntry::gate_closed(&GateClosedBody {
+        book_digest: operator_book_digest(market),
+        interval_start: interval,
+        network_seq: 0,
+        orders: (market.orders.len() + market.flex_offers.len()) as u64,
+        source: BookSource::Operator,
+    })
 }
 
 /// Why an interval could not be recorded or re-cleared.
@@ -122,10 +162,11 @@ pub fn settlement_body(interval: i64, s: &Settlement) -> Result<SettlementBody, 
     })
 }
 
-/// The three entries that record one cleared interval.
+/// The three entries that record one cleared interval. `operator_market` is the market of an
+/// operator-entered book (its gate is [`operator_gate`]); `None` for a signed book.
 pub fn interval_entries(
     interval: i64,
-    spec: &MarketSpec,
+    operator_market: Option<&MarketSpec>,
     rounding: bool,
     market: &Market,
     clearing: &Clearing,
@@ -133,7 +174,7 @@ pub fn interval_entries(
 ) -> Result<Vec<NewEntry>, RecordError> {
     let input = IntervalInput {
         format: INTERVAL_INPUT_FORMAT.to_string(),
-        market: spec.clone(),
+        market: operator_market.cloned(),
         rounding,
     };
     let input_bytes = serde_json::to_vec(&input).expect("a market spec serialises");
@@ -159,28 +200,19 @@ pub struct Recleared {
     pub postings: usize,
 }
 
-/// Re-clears one interval from its recorded input and checks the recorded result and
-/// settlement are identical.
+/// Re-clears one interval from the market the ledger binds it to (`spec`, see
+/// [`crate::book::BoundInterval`]) and checks the recorded result and settlement are identical.
 pub fn reclear(
     interval: i64,
-    input: &[u8],
+    spec: &MarketSpec,
+    rounding: bool,
     result: &[u8],
     settlement: &[u8],
 ) -> Result<Recleared, RecordError> {
-    let parsed: IntervalInput = serde_json::from_slice(input).map_err(|e| RecordError::Input {
-        interval,
-        reason: e.to_string(),
-    })?;
-    if parsed.format != INTERVAL_INPUT_FORMAT {
-        return Err(RecordError::Input {
-            interval,
-            reason: format!("format {:?}", parsed.format),
-        });
-    }
-    let market = if parsed.rounding {
-        Market::new_rounding(&parsed.market)
+    let market = if rounding {
+        Market::new_rounding(spec)
     } else {
-        Market::new(&parsed.market)
+        Market::new(spec)
     }
     .map_err(|source| RecordError::Invalid { interval, source })?;
     let (clearing, _) = clear(&market).map_err(|source| RecordError::Clear { interval, source })?;

@@ -23,9 +23,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use baton_engine::MarketSpec;
 use baton_engine::study::RESULT_FORMAT;
 use baton_engine::units::{round_at, MONEY_SCALE};
-use baton_ledger::{
+use baton_ledger::{SignedMessageBody, 
     Checkpoint, Entry, EntryKind, Ledger, LedgerError, SettlementBody, ENTRIES_PER_READ_MAX,
 };
 use rust_decimal::Decimal;
@@ -372,6 +373,12 @@ pub struct ReportBuilder {
     node_index: BTreeMap<String, usize>,
     node_ids: Vec<String>,
     entries: u64,
+    /// The facts of the latest `network` entry.
+    network: Option<(usize, usize, usize)>,
+    /// Per gated interval: the facts of the network its gate closed in.
+    gated: BTreeMap<i64, (usize, usize, usize)>,
+    /// Per interval: who signed orders for it.
+    signers: BTreeMap<i64, BTreeSet<String>>,
 }
 
 fn entry_error(e: &Entry, reason: impl std::fmt::Display) -> ReportError {
@@ -434,6 +441,11 @@ impl ReportBuilder {
     /// Takes one entry into account. Entries of kinds a report does not use are skipped.
     pub fn add(&mut self, e: &Entry) -> Result<(), ReportError> {
         self.entries = self.entries.max(e.seq);
+        if e.kind == EntryKind::Network {
+            if let Ok(m) = serde_json::from_slice::<MarketSpec>(&e.body) {
+                self.network = Some((m.nodes.len(), m.lines.len(), m.grid_connections.len()));
+            }
+        }
         let Some(t) = e.interval_start else {
             return Ok(());
         };
@@ -458,7 +470,17 @@ impl ReportBuilder {
                     }
                 }
             }
-            EntryKind::Order => self.intervals.entry(t).or_default().orders_recorded += 1,
+            EntryKind::GateClosed => {
+                if let Some(f) = self.network {
+                    self.gated.insert(t, f);
+                }
+            }
+            EntryKind::Order => {
+                if let Ok(b) = SignedMessageBody::from_bytes(e.kind, &e.body) {
+                    self.signers.entry(t).or_default().insert(b.participant_id);
+                }
+                self.intervals.entry(t).or_default().orders_recorded += 1
+            }
             EntryKind::Cancel => self.intervals.entry(t).or_default().cancels_recorded += 1,
             _ => {}
         }
@@ -471,15 +493,28 @@ impl ReportBuilder {
         if input.format != INTERVAL_INPUT_FORMAT {
             return Err(entry_error(e, format!("format {:?}", input.format)));
         }
-        let m = &input.market;
-        for o in &m.orders {
-            self.participants
-                .insert(o.participant.clone().unwrap_or_else(|| o.id.clone()));
-        }
+        let (nodes, lines, grid_connections) = match &input.market {
+            // An operator-entered book carries its market.
+            Some(m) => {
+                for o in &m.orders {
+                    self.participants
+                        .insert(o.participant.clone().unwrap_or_else(|| o.id.clone()));
+                }
+                (m.nodes.len(), m.lines.len(), m.grid_connections.len())
+            }
+            // A signed book: its signers, in the network its gate closed in.
+            None => {
+                self.participants
+                    .extend(self.signers.remove(&t).unwrap_or_default());
+                self.gated.get(&t).copied().ok_or_else(|| {
+                    entry_error(e, "no gate_closed entry in a network before it")
+                })?
+            }
+        };
         let facts = InputFacts {
-            nodes: m.nodes.len(),
-            lines: m.lines.len(),
-            grid_connections: m.grid_connections.len(),
+            nodes,
+            lines,
+            grid_connections,
             study_units: input.rounding,
         };
         self.intervals.entry(t).or_default().input = Some((e.seq, facts));

@@ -10,7 +10,7 @@ use std::io::Write;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::body::{parse_body, Amount, KnownBody, ParticipantStatus};
+use crate::body::{parse_body, Amount, KnownBody, ParticipantStatus, SignedMessageBody};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::entry::{entry_hash, Entry, EntryKind, Hash, GENESIS_PREV_HASH};
 use crate::error::{LedgerError, Result};
@@ -154,6 +154,8 @@ pub enum FailureReason {
     },
     /// Balances aggregated by the database differ from those derived from the bodies.
     BalancesMismatch(String),
+    /// The caller's [`EntryCheck`] refused the entry.
+    Check(String),
 }
 
 impl fmt::Display for FailureReason {
@@ -214,6 +216,7 @@ impl fmt::Display for FailureReason {
                 "entry missing: the published checkpoint covers {size} entries (tail truncated)"
             ),
             BalancesMismatch(e) => write!(f, "balances: {e}"),
+            Check(e) => f.write_str(e),
         }
     }
 }
@@ -275,6 +278,39 @@ pub async fn verify_with(
     let r = ledger.verify(operator, published, opts).await;
     ledger.close().await;
     r
+}
+
+/// One entry as [`EntryCheck::check`] sees it: its chain position, hash and body (for kinds the
+/// ledger owns) already verified.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryView<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Kind.
+    pub kind: EntryKind,
+    /// The entry's interval.
+    pub interval_start: Option<i64>,
+    /// The body bytes.
+    pub body: &'a [u8],
+    /// The parsed body of an `order` or `cancel` entry.
+    pub signed: Option<&'a SignedMessageBody>,
+}
+
+/// Checks of entry contents the ledger does not own (what an interval's book and result must
+/// be), run in the same pass as [`Ledger::verify_checking`]'s own checks, entry by entry in seq
+/// order. An error fails verification at that entry with [`FailureReason::Check`].
+pub trait EntryCheck: Send {
+    /// Checks one entry.
+    fn check(&mut self, entry: EntryView<'_>) -> std::result::Result<(), String>;
+}
+
+/// The check that accepts everything.
+struct NoCheck;
+
+impl EntryCheck for NoCheck {
+    fn check(&mut self, _: EntryView<'_>) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 struct PendingSig {
@@ -362,9 +398,21 @@ impl Ledger {
         published: Option<Checkpoint>,
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyFailure> {
+        self.verify_checking(operator, published, opts, &mut NoCheck)
+            .await
+    }
+
+    /// [`Ledger::verify`], also running `check` on every entry in the same pass.
+    pub async fn verify_checking(
+        &self,
+        operator: &PublicKey,
+        published: Option<Checkpoint>,
+        opts: VerifyOptions,
+        check: &mut dyn EntryCheck,
+    ) -> Result<VerifyReport, VerifyFailure> {
         let mut reader = self.reader().await.map_err(storage)?;
         let mut sigs = SigQueue::default();
-        let result = run_verify(&mut reader, operator, published, opts, &mut sigs).await;
+        let result = run_verify(&mut reader, operator, published, opts, &mut sigs, check).await;
         let _ = reader.finish().await;
         match result {
             Ok(report) => Ok(report),
@@ -384,6 +432,7 @@ async fn run_verify(
     published: Option<Checkpoint>,
     opts: VerifyOptions,
     sigs: &mut SigQueue,
+    check: &mut dyn EntryCheck,
 ) -> Result<VerifyReport, VerifyFailure> {
     if let Some(p) = &published {
         p.verify(operator).map_err(|e| VerifyFailure {
@@ -466,6 +515,19 @@ async fn run_verify(
                 Ok(b) => b,
                 Err(e) => return fail(seq, FailureReason::InvalidBody(e.to_string())),
             };
+            let view = EntryView {
+                seq,
+                kind,
+                interval_start: raw.interval_start,
+                body: &raw.body,
+                signed: match &body {
+                    KnownBody::Signed(m) => Some(m),
+                    _ => None,
+                },
+            };
+            if let Err(e) = check.check(view) {
+                return fail(seq, FailureReason::Check(e));
+            }
             let mut expected_rows: Vec<PostingRow> = Vec::new();
             match body {
                 KnownBody::Participant(p) => {
@@ -529,6 +591,17 @@ async fn run_verify(
                 KnownBody::Correction(c) => {
                     if let Some(&t) = c.corrects.iter().find(|&&t| t == 0 || t >= seq) {
                         return fail(seq, FailureReason::BadCorrection(t));
+                    }
+                }
+                KnownBody::Gate(g) => {
+                    if raw.interval_start != Some(g.interval_start) {
+                        return fail(
+                            seq,
+                            FailureReason::InvalidBody(format!(
+                                "gate_closed interval_start {} differs from the entry's {:?}",
+                                g.interval_start, raw.interval_start
+                            )),
+                        );
                     }
                 }
                 KnownBody::Opaque => {}

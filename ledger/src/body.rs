@@ -328,6 +328,65 @@ impl CorrectionBody {
     }
 }
 
+/// Who entered the orders of a frozen book.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookSource {
+    /// The participants: the book is the signed `order` entries for the interval that precede
+    /// the gate and were not cancelled before it (the live market).
+    Signed,
+    /// The operator: the book is carried in the interval's `interval_input` entry, signed by
+    /// nobody but the operator's checkpoint (the one-shot `baton clear --ledger`).
+    Operator,
+}
+
+/// Body of a `gate_closed` entry: the book of one interval, frozen before it is cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateClosedBody {
+    /// [`signed_book_digest`] of the book's order seqs ([`BookSource::Signed`]), or SHA-256 of
+    /// the canonical JSON of the operator's book ([`BookSource::Operator`]).
+    #[serde(with = "crate::hexser::array")]
+    pub book_digest: [u8; 32],
+    /// The interval, unix seconds; equals the entry's `interval_start`.
+    pub interval_start: i64,
+    /// The `network` entry in force at the gate: the latest one before this entry (0: the
+    /// operator's book carries its own network).
+    pub network_seq: u64,
+    /// Orders in the book, energy and flexibility.
+    pub orders: u64,
+    /// Who entered the orders.
+    pub source: BookSource,
+}
+
+/// Domain separation of [`signed_book_digest`].
+const BOOK_DIGEST_DOMAIN: &[u8] = b"baton book v1\n";
+
+/// The digest a `gate_closed` entry binds a signed book with: SHA-256 of
+/// `"baton book v1\n"` followed by each order entry's seq, ascending, as 8 bytes big-endian.
+/// `seqs` must be ascending; the caller sorts.
+pub fn signed_book_digest(seqs: impl IntoIterator<Item = u64>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(BOOK_DIGEST_DOMAIN);
+    for s in seqs {
+        h.update(s.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+impl GateClosedBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        decode(EntryKind::GateClosed, bytes)
+    }
+}
+
 /// A body the ledger understands, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum KnownBody {
@@ -335,6 +394,7 @@ pub(crate) enum KnownBody {
     Signed(SignedMessageBody),
     Settlement(SettlementBody),
     Correction(CorrectionBody),
+    Gate(GateClosedBody),
     Opaque,
 }
 
@@ -347,6 +407,7 @@ pub(crate) fn parse_body(kind: EntryKind, bytes: &[u8]) -> Result<KnownBody, Bod
         }
         EntryKind::Settlement => KnownBody::Settlement(SettlementBody::from_bytes(bytes)?),
         EntryKind::Correction => KnownBody::Correction(CorrectionBody::from_bytes(bytes)?),
+        EntryKind::GateClosed => KnownBody::Gate(GateClosedBody::from_bytes(bytes)?),
         _ => KnownBody::Opaque,
     })
 }
@@ -371,6 +432,15 @@ impl NewEntry {
     pub fn settlement(body: &SettlementBody) -> Self {
         NewEntry::new(
             EntryKind::Settlement,
+            Some(body.interval_start),
+            body.to_bytes(),
+        )
+    }
+
+    /// A `gate_closed` entry for `body.interval_start`.
+    pub fn gate_closed(body: &GateClosedBody) -> Self {
+        NewEntry::new(
+            EntryKind::GateClosed,
             Some(body.interval_start),
             body.to_bytes(),
         )

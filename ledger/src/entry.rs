@@ -49,11 +49,14 @@ pub enum EntryKind {
     Note,
     /// A market event such as pause, resume or fallback (opaque body).
     MarketEvent,
+    /// An interval's book frozen at its gate, before clearing (body:
+    /// [`crate::GateClosedBody`]).
+    GateClosed,
 }
 
 impl EntryKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EntryKind; 10] = [
+    pub const ALL: [EntryKind; 11] = [
         EntryKind::Participant,
         EntryKind::Network,
         EntryKind::Order,
@@ -64,6 +67,7 @@ impl EntryKind {
         EntryKind::Correction,
         EntryKind::Note,
         EntryKind::MarketEvent,
+        EntryKind::GateClosed,
     ];
 
     /// The stored (and hashed) name of the kind.
@@ -79,6 +83,7 @@ impl EntryKind {
             EntryKind::Correction => "correction",
             EntryKind::Note => "note",
             EntryKind::MarketEvent => "market_event",
+            EntryKind::GateClosed => "gate_closed",
         }
     }
 }

@@ -52,8 +52,8 @@ pub enum LedgerError {
         /// What is wrong.
         source: BodyError,
     },
-    /// A settlement's `interval_start` differs from its entry's.
-    #[error("batch entry {index}: settlement body interval_start {body} differs from entry interval_start {entry:?}")]
+    /// A settlement or gate body's `interval_start` differs from its entry's.
+    #[error("batch entry {index}: body interval_start {body} differs from entry interval_start {entry:?}")]
     IntervalMismatch {
         /// Index in the batch.
         index: usize,

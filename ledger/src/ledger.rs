@@ -348,6 +348,15 @@ fn validate_batch(entries: &[NewEntry]) -> Result<Vec<Extracted>> {
                 }
             }
             KnownBody::Correction(c) => x.corrects = Some(c.corrects),
+            KnownBody::Gate(g) => {
+                if e.interval_start != Some(g.interval_start) {
+                    return Err(LedgerError::IntervalMismatch {
+                        index,
+                        body: g.interval_start,
+                        entry: e.interval_start,
+                    });
+                }
+            }
             KnownBody::Participant(_) | KnownBody::Signed(_) | KnownBody::Opaque => {}
         }
         out.push(x);

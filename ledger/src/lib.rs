@@ -56,7 +56,7 @@ pub mod merkle;
 mod store;
 
 pub use body::{
-    Amount, CorrectionBody, ParticipantBody, ParticipantStatus, Posting, SettlementBody,
+    signed_book_digest, Amount, BookSource, CorrectionBody, GateClosedBody, ParticipantBody, ParticipantStatus, Posting, SettlementBody,
     SignedMessageBody, AMOUNT_SCALE,
 };
 pub use checkpoint::Checkpoint;

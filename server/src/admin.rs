@@ -14,7 +14,7 @@ use baton_engine::model::NETWORK_OPERATOR_ACCOUNT;
 use baton_engine::model::{BlockSpec, Direction, FlexRequirementSpec, MarketSpec};
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
 use baton_engine::Market;
-use baton_ledger::{EntryKind, Ledger, NewEntry, ParticipantBody, ParticipantStatus};
+use baton_ledger::{EntryKind, NewEntry, ParticipantBody, ParticipantStatus};
 use baton_proto::v1 as pb;
 use baton_proto::wire::admin_rpc_name;
 use ed25519_dalek::Signature;
@@ -756,7 +756,7 @@ impl AdminService for AdminApi {
             .collect();
         let mut intervals = Vec::with_capacity(metas.len());
         for (start, meta) in metas {
-            intervals.push(summarize(&self.shared.ledger, start, meta).await?);
+            intervals.push(summarize(&self.shared, start, meta).await?);
         }
         Ok(Response::new(pb::ListIntervalsResponse { intervals }))
     }
@@ -808,12 +808,12 @@ fn raw_decimal(start: i64, v: &RawValue) -> Result<Decimal, ServiceError> {
 /// Summarises a cleared interval from what the ledger recorded for it: the input names each
 /// order's side, the result its fills, prices, lines and flexibility.
 async fn summarize(
-    ledger: &Ledger,
+    shared: &Shared,
     start: i64,
     meta: IntervalMeta,
 ) -> Result<pb::IntervalSummary, ServiceError> {
     let corrupt = |what: &str| ServiceError::Storage(format!("interval {start}: {what}"));
-    let entries = ledger.entries(meta.first_seq, meta.last_seq).await?;
+    let entries = shared.ledger.entries(meta.first_seq, meta.last_seq).await?;
     let body = |kind: EntryKind| {
         entries
             .iter()
@@ -821,24 +821,24 @@ async fn summarize(
             .map(|e| e.body.as_slice())
             .ok_or_else(|| corrupt(&format!("no {} entry", kind.as_str())))
     };
-    let input: baton_audit::record::IntervalInput =
-        serde_json::from_slice(body(EntryKind::IntervalInput)?)
-            .map_err(|e| corrupt(&format!("input entry unreadable: {e}")))?;
     let result: ResultView = serde_json::from_slice(body(EntryKind::IntervalResult)?)
         .map_err(|e| corrupt(&format!("result entry unreadable: {e}")))?;
-    let sides: std::collections::HashMap<&str, baton_engine::Side> = input
-        .market
-        .orders
-        .iter()
-        .map(|o| (o.id.as_str(), o.side))
-        .collect();
+    // Each order's side, from the book the market holds (rebuilt from the signed orders).
+    let sides: std::collections::HashMap<&str, baton_engine::Side> = {
+        let st = shared.lock();
+        result
+            .orders
+            .iter()
+            .filter_map(|o| st.orders.get(&o.id).map(|r| (o.id.as_str(), r.side)))
+            .collect()
+    };
     let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);
     for o in &result.orders {
         let q = raw_decimal(start, &o.accepted_total)?;
         match sides.get(o.id.as_str()) {
             Some(baton_engine::Side::Buy) => bought += q,
             Some(baton_engine::Side::Sell) => sold += q,
-            None => return Err(corrupt(&format!("order {:?} is not in the input", o.id))),
+            None => return Err(corrupt(&format!("order {:?} is not in the book", o.id))),
         }
     }
     let prices = result
@@ -855,7 +855,7 @@ async fn summarize(
     Ok(pb::IntervalSummary {
         interval_start: start,
         clearing_ms: meta.clearing_ms,
-        orders: input.market.orders.len() as u32,
+        orders: result.orders.len() as u32,
         bought: bought.normalize().to_string(),
         sold: sold.normalize().to_string(),
         price_min: text(prices.iter().min()),

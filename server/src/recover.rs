@@ -7,7 +7,7 @@ use baton_engine::model::BlockSpec;
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
 use baton_engine::{MarketSpec, Side};
 use baton_ledger::{
-    EntryKind, Ledger, LedgerError, ParticipantBody, ParticipantStatus, SignedMessageBody,
+    EntryKind, GateClosedBody, Ledger, LedgerError, ParticipantBody, ParticipantStatus, SignedMessageBody,
     ENTRIES_PER_READ_MAX,
 };
 use baton_proto::v1 as pb;
@@ -198,9 +198,18 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
             *nonce = (*nonce).max(req.nonce);
             st.apply_cancel(&req.order_id);
         }
+        EntryKind::GateClosed => match GateClosedBody::from_bytes(body) {
+            Ok(g) => {
+                // Nothing for a gated interval is accepted any more, whatever the clock says.
+                st.closed_through = st.closed_through.max(g.interval_start);
+                st.gated.insert(g.interval_start, seq);
+            }
+            Err(e) => tracing::warn!(seq, error = %e, "gate_closed entry unreadable"),
+        },
         EntryKind::IntervalInput => {
             if let Some(s) = interval {
                 st.cleared.insert(s);
+                st.gated.remove(&s);
                 st.freeze(s);
             }
         }
@@ -214,6 +223,7 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
                 "interval_not_cleared" => {
                     if let Some(s) = interval {
                         st.cleared.insert(s);
+                        st.gated.remove(&s);
                         st.freeze(s);
                     }
                 }

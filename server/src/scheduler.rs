@@ -1,7 +1,7 @@
 //! The interval scheduler: at each gate closure, freeze the book, clear, settle, record the
 //! interval in one ledger append and publish it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,11 +81,15 @@ pub(crate) async fn run(
     let overdue: Vec<i64> = {
         let mut st = shared.lock();
         st.closed_through = st.closed_through.max(next - timing.interval_s);
-        st.books
+        let mut overdue: BTreeSet<i64> = st
+            .books
             .iter()
             .filter(|(s, b)| **s < next && !b.is_empty())
             .map(|(s, _)| *s)
-            .collect()
+            .collect();
+        // A gate recorded before the restart binds its book: finish that interval, empty or not.
+        overdue.extend(st.gated.keys().copied());
+        overdue.into_iter().collect()
     };
     for s in overdue {
         tracing::info!(
@@ -147,19 +151,40 @@ pub(crate) async fn clear_interval(
         .map_err(|_| ServiceError::ShuttingDown)?;
     rx.await.map_err(|_| ServiceError::ShuttingDown)?;
     let already = shared.lock().cleared.contains(&s) || shared.ledger.has_interval(s).await?;
-    let (orders, network) = {
-        let mut st = shared.lock();
-        (st.freeze(s), st.network.clone())
-    };
     if already {
+        shared.lock().freeze(s);
         tracing::warn!(
             interval = s,
             "interval already recorded; not clearing it again"
         );
         return Ok(None);
     }
-    let Some(network) = network else {
-        return Ok(None);
+    // The gate: freeze the book and record it, with the network in force, before clearing.
+    // Holding the admin lock keeps a network install from landing between reading the network
+    // and appending the gate, so the gate names the network entry really in force.
+    let (orders, network) = {
+        let _admin = shared.admin.lock().await;
+        let (orders, network, gated) = {
+            let mut st = shared.lock();
+            let gated = st.gated.contains_key(&s);
+            (st.freeze(s), st.network.clone(), gated)
+        };
+        let Some(network) = network else {
+            return Ok(None);
+        };
+        if gated {
+            // Gated before a restart: the ledger already binds this book.
+            tracing::info!(interval = s, "gate already recorded; clearing its book");
+        } else {
+            let network_seq = shared.index().network_seq;
+            let seqs: Vec<u64> = orders.iter().map(|o| o.ledger_seq).collect();
+            let r = shared
+                .ledger
+                .append(vec![baton_audit::record::signed_gate(s, network_seq, &seqs)])
+                .await?;
+            shared.lock().gated.insert(s, r.first_seq);
+        }
+        (orders, network)
     };
     tracing::info!(interval = s, orders = orders.len(), "gate closed; clearing");
     let t0 = Instant::now();
@@ -190,7 +215,11 @@ pub(crate) async fn clear_interval(
                     body.to_string().into_bytes(),
                 )])
                 .await?;
-            shared.lock().cleared.insert(s);
+            {
+                let mut st = shared.lock();
+                st.cleared.insert(s);
+                st.gated.remove(&s);
+            }
             return Ok(None);
         }
     };
@@ -210,6 +239,7 @@ pub(crate) async fn clear_interval(
     {
         let mut st = shared.lock();
         st.cleared.insert(s);
+        st.gated.remove(&s);
         for fills in cleared.fills.values() {
             for f in fills {
                 if let Some(o) = st.orders.get_mut(&f.order_id) {
@@ -245,7 +275,7 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
     let (clearing, _stats) = clear(&market).map_err(|e| e.to_string())?;
     let settlement = settle(&market, &clearing);
     let entries =
-        baton_audit::record::interval_entries(s, &spec, false, &market, &clearing, &settlement)
+        baton_audit::record::interval_entries(s, None, false, &market, &clearing, &settlement)
             .map_err(|e| e.to_string())?;
     let node_ids = market.node_ids();
     let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);

@@ -110,9 +110,13 @@ pub(crate) struct BookSpecs {
 }
 
 impl BookSpecs {
+    /// The book in canonical order (by order id), as the audit rebuilds it
+    /// (`baton_audit::book::market_spec`).
     pub(crate) fn from_records(records: &[OrderRecord]) -> BookSpecs {
         let mut b = BookSpecs::default();
-        for r in records {
+        let mut sorted: Vec<&OrderRecord> = records.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        for r in sorted {
             match r.product {
                 Product::Energy => b.orders.push(r.to_spec()),
                 Product::Flex(direction) => b.flex_offers.push(r.to_flex_spec(direction)),
@@ -283,6 +287,9 @@ pub(crate) struct MarketState {
     pub(crate) closed_through: i64,
     /// Intervals recorded in the ledger (cleared or skipped).
     pub(crate) cleared: BTreeSet<i64>,
+    /// Intervals whose `gate_closed` entry is in the ledger but which are not recorded yet
+    /// (a clearing in progress, or interrupted by a restart), with the gate's seq.
+    pub(crate) gated: BTreeMap<i64, u64>,
 }
 
 /// Parses a wire decimal by the one grammar (`baton_proto::wire::parse_decimal`), naming

@@ -162,14 +162,17 @@ pub(crate) fn run(a: ClearArgs) -> Result<()> {
             &db,
             &key,
             interval,
-            baton_audit::record::interval_entries(
-                interval,
-                &spec,
-                rounding,
-                &market,
-                &clearing,
-                &settlement,
-            )?,
+            // An operator-entered book: its gate binds the market the input carries.
+            std::iter::once(baton_audit::record::operator_gate(interval, &spec))
+                .chain(baton_audit::record::interval_entries(
+                    interval,
+                    Some(&spec),
+                    rounding,
+                    &market,
+                    &clearing,
+                    &settlement,
+                )?)
+                .collect(),
         )?;
     }
     Ok(())
