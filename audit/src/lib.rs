@@ -5,6 +5,7 @@
 //!   compares byte for byte.
 //! - [`reclear_ledger`]: every recorded interval of a ledger re-cleared.
 //! - [`summary`]: what a ledger says happened, interval by interval (the data of `baton report`).
+//! - [`witness`]: a regulator's witness of the operator's checkpoints (consistency, cosigning).
 //!
 //! **Architecture Invariant:** an interval is recorded by [`record::interval_entries`] and
 //! checked by [`record::reclear`], whoever cleared it (the one-shot `baton clear --ledger` or the
@@ -17,6 +18,7 @@ use baton_ledger::{EntryKind, Ledger, LedgerError, ENTRIES_PER_READ_MAX};
 
 pub mod record;
 pub mod summary;
+pub mod witness;
 
 pub use record::{Recleared, RecordError};
 

@@ -202,7 +202,10 @@ pub(crate) async fn checkpoints(c: &mut SqliteConnection) -> Result<Vec<Checkpoi
         .collect()
 }
 
-pub(crate) async fn checkpoint_at(c: &mut SqliteConnection, size: i64) -> Result<Option<Checkpoint>> {
+pub(crate) async fn checkpoint_at(
+    c: &mut SqliteConnection,
+    size: i64,
+) -> Result<Option<Checkpoint>> {
     let row = sqlx::query(
         "SELECT size, root_hash, signature, key_id, origin, frontier FROM checkpoints \
          WHERE size = ?",

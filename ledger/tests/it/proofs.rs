@@ -131,7 +131,10 @@ async fn consistency_proofs_between_every_pair_of_checkpoints(db: &TestDb) {
     ));
     // The proof to the latest checkpoint still agrees.
     let latest = l.consistency_proof(7).await.unwrap();
-    let between = l.consistency_proof_between(7, BETWEEN_TREE_SIZE).await.unwrap();
+    let between = l
+        .consistency_proof_between(7, BETWEEN_TREE_SIZE)
+        .await
+        .unwrap();
     assert_eq!(latest, between.proof);
 }
 dual!(consistency_proofs_between_every_pair_of_checkpoints);
@@ -144,7 +147,11 @@ async fn verify_against_several_published_checkpoints(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(r.published_count, 4);
-    assert!(r.to_string().ends_with("consistent with 4 published checkpoints"), "{r}");
+    assert!(
+        r.to_string()
+            .ends_with("consistent with 4 published checkpoints"),
+        "{r}"
+    );
     // One forged root among them is named by its size.
     let mut forged = all.clone();
     let k = operator();
