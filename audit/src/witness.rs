@@ -816,4 +816,130 @@ mod tests {
         );
         assert!(Cosignature::sign(&cp, "two words", &w, 1).is_err());
     }
+
+    /// A log in memory: leaves `0..size`, a checkpoint at every size, a knob to corrupt paths.
+    struct FakeLog {
+        name: String,
+        key: OperatorKey,
+        leaves: Vec<Hash>,
+        corrupt_path: bool,
+    }
+
+    impl FakeLog {
+        fn new(size: u8) -> FakeLog {
+            FakeLog {
+                name: "fake".into(),
+                key: OperatorKey::from_seed(&[1; 32]),
+                leaves: (0..size).map(|i| [i; 32]).collect(),
+                corrupt_path: false,
+            }
+        }
+
+        fn checkpoint(&self, size: u64) -> Checkpoint {
+            let root = merkle::root(&self.leaves[..size as usize]);
+            Checkpoint::sign(&self.key, "baton.test/ledger", size, root).unwrap()
+        }
+    }
+
+    impl CheckpointSource for FakeLog {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn latest(&mut self) -> impl Future<Output = Result<String, SourceError>> + Send {
+            let note = self.checkpoint(self.leaves.len() as u64).to_note();
+            async move { Ok(note) }
+        }
+
+        fn consistency(
+            &mut self,
+            from: u64,
+            to: u64,
+        ) -> impl Future<Output = Result<RemoteConsistency, SourceError>> + Send {
+            let mut path = merkle::consistency_proof(&self.leaves[..to as usize], from).unwrap();
+            if self.corrupt_path {
+                path[0][0] ^= 1;
+            }
+            let r = RemoteConsistency {
+                from_note: self.checkpoint(from).to_note(),
+                to_note: self.checkpoint(to).to_note(),
+                path,
+            };
+            async move { Ok(r) }
+        }
+    }
+
+    fn run<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_witness_refuses_a_bad_path_a_rollback_and_a_foreign_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let operator = OperatorKey::from_seed(&[1; 32]).public_key();
+        let w = Witness::new(operator, OperatorKey::from_seed(&[2; 32]), "w1").unwrap();
+        let mut state = WitnessState::open(dir.path()).unwrap();
+        let mut log = [FakeLog::new(5)];
+        let o = run(w.witness_once(&mut state, &mut log, 10)).unwrap();
+        assert!(matches!(o, Outcome::First { .. }), "{o:?}");
+        log[0].leaves.extend([[9; 32], [10; 32]]);
+        let o = run(w.witness_once(&mut state, &mut log, 11)).unwrap();
+        assert!(matches!(o, Outcome::Advanced { from: 5, .. }), "{o:?}");
+        // A path that does not link the stored root to the new one.
+        log[0].leaves.push([11; 32]);
+        log[0].corrupt_path = true;
+        let e = run(w.witness_once(&mut state, &mut log, 12)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WitnessError::Inconsistent {
+                    old_size: 7,
+                    new_size: 8,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("does not extend the stored checkpoint of size 7"),
+            "{e}"
+        );
+        // A truncated log.
+        log[0].corrupt_path = false;
+        log[0].leaves.truncate(6);
+        let e = run(w.witness_once(&mut state, &mut log, 13)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WitnessError::Rollback {
+                    stored_size: 7,
+                    size: 6,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A checkpoint signed by someone else.
+        log[0].leaves.extend([[12; 32], [13; 32]]);
+        log[0].key = OperatorKey::from_seed(&[3; 32]);
+        let e = run(w.witness_once(&mut state, &mut log, 14)).unwrap_err();
+        assert!(
+            matches!(e, WitnessError::OperatorSignature { size: 8, .. }),
+            "{e}"
+        );
+        // What was stored survives a reopen, cosigned at the time it was accepted.
+        let state = WitnessState::open(dir.path()).unwrap();
+        assert_eq!(state.latest().unwrap().size, 7);
+        let stored = stored_checkpoints(dir.path()).unwrap();
+        assert_eq!(stored.len(), 2);
+        let wk = OperatorKey::from_seed(&[2; 32]).public_key();
+        for s in &stored {
+            s.verify_cosignature(&wk).unwrap();
+        }
+        assert_eq!(stored[1].cosignatures[0].timestamp, 11);
+    }
 }
