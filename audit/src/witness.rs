@@ -166,23 +166,8 @@ pub enum WitnessError {
         new_root: String,
     },
     /// Two servers of one ledger sign checkpoints that cannot both be true.
-    #[error("fork: {a} signs size {a_size} (root {a_root}) and {b} signs size {b_size} (root {b_root}): {why}")]
-    Fork {
-        /// One server.
-        a: String,
-        /// Its size.
-        a_size: u64,
-        /// Its root, hex.
-        a_root: String,
-        /// The other.
-        b: String,
-        /// Its size.
-        b_size: u64,
-        /// Its root, hex.
-        b_root: String,
-        /// What disagrees.
-        why: String,
-    },
+    #[error("{0}")]
+    Fork(Box<Fork>),
     /// A stored note carries no cosignature by the given witness key.
     #[error("{path}: no cosignature by witness key {key_id}")]
     NoCosignature {
@@ -199,6 +184,26 @@ pub enum WitnessError {
         /// The witness name on the line.
         name: String,
     },
+}
+
+/// Two servers' checkpoints of one ledger that cannot both be true.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fork: {a} signs size {a_size} (root {a_root}) and {b} signs size {b_size} (root {b_root}): {why}")]
+pub struct Fork {
+    /// One server.
+    pub a: String,
+    /// Its size.
+    pub a_size: u64,
+    /// Its root, hex.
+    pub a_root: String,
+    /// The other.
+    pub b: String,
+    /// Its size.
+    pub b_size: u64,
+    /// Its root, hex.
+    pub b_root: String,
+    /// What disagrees.
+    pub why: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WitnessError + '_ {
@@ -662,14 +667,16 @@ impl Witness {
                 servers[lead].name().to_string(),
                 servers[i].name().to_string(),
             );
-            let fork = |why: String| WitnessError::Fork {
-                a: a.clone(),
-                a_size: leader.size,
-                a_root: hex_root(&leader),
-                b: b.clone(),
-                b_size: h.size,
-                b_root: hex_root(h),
-                why,
+            let fork = |why: String| {
+                WitnessError::Fork(Box::new(Fork {
+                    a: a.clone(),
+                    a_size: leader.size,
+                    a_root: hex_root(&leader),
+                    b: b.clone(),
+                    b_size: h.size,
+                    b_root: hex_root(h),
+                    why,
+                }))
             };
             if h.size == leader.size {
                 if h.root != leader.root {
