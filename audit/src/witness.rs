@@ -384,11 +384,6 @@ fn read_note(path: &Path) -> Result<StoredCheckpoint, WitnessError> {
     })
 }
 
-/// Whether `dir` looks like a witness state directory (it has `checkpoints/`).
-pub fn is_state_dir(dir: &Path) -> bool {
-    dir.join(CHECKPOINTS_DIR).is_dir()
-}
-
 /// Every checkpoint stored in the state directory `dir`, by size.
 pub fn stored_checkpoints(dir: &Path) -> Result<Vec<StoredCheckpoint>, WitnessError> {
     let cps = dir.join(CHECKPOINTS_DIR);

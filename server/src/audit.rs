@@ -145,7 +145,9 @@ impl AuditService for AuditApi {
                 .latest_checkpoint()
                 .await
                 .map_err(ServiceError::from)?
-                .ok_or_else(|| ServiceError::NotFound("to_size: a latest checkpoint".into()))?
+                .ok_or_else(|| {
+                    ServiceError::NotFound("to_size: a checkpoint (the ledger has none yet)".into())
+                })?
         } else {
             ledger
                 .checkpoint_at(r.to_size)

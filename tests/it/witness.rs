@@ -588,3 +588,74 @@ async fn consistency_proof_refusals_name_the_field() {
     );
     server.stop().await;
 }
+
+/// Real seconds a following witness gets to notice a fork.
+const FOLLOW_WAIT_S: u64 = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_witness_stops_loudly_at_a_fork() {
+    let first = TempLedger::sqlite();
+    let second = TempLedger::sqlite();
+    let work = tempfile::tempdir().unwrap();
+    let (wkey, _) = witness_keys(work.path());
+    let state = work.path().join("state");
+    let mut admin = Admin { nonce: 0 };
+    let mut a = support::Server::start(support::config(&first.url)).await;
+    admin.register(&a.connect().await, "alice", 1, "A").await;
+    a.stop().await;
+    std::fs::copy(
+        first.dir().unwrap().join("baton.db"),
+        second.dir().unwrap().join("baton.db"),
+    )
+    .unwrap();
+    let mut a = support::Server::start(support::config(&first.url)).await;
+    let mut b = support::Server::start(support::config(&second.url)).await;
+    let (ca, cb) = (a.connect().await, b.connect().await);
+
+    let mut args = witness_args(&state, &[a.url(), b.url()], Some(&wkey));
+    args.retain(|x| x != "--once");
+    args.extend(["--interval-ms".into(), "50".into()]);
+    let mut child = Command::new(crate::BATON)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It follows while both agree…
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(FOLLOW_WAIT_S);
+    while !state.join(witness::LATEST_FILE).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the witness stored nothing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the witness ended early"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // …and ends, non-zero, once they diverge.
+    admin.register(&ca, "bob", 2, "B").await;
+    admin.register(&cb, "carol", 3, "B").await;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the witness did not stop at the fork within {FOLLOW_WAIT_S} s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("witness refused: fork: ")
+            && stderr.contains(&a.url())
+            && stderr.contains(&b.url()),
+        "{stderr}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
