@@ -8,6 +8,7 @@
 //! - [`verify`]: the ledger's own verification and the book binding in one pass;
 //!   [`reclear_ledger`]: every recorded interval re-cleared from its bound book.
 //! - [`summary`]: what a ledger says happened, interval by interval (the data of `baton report`).
+//! - [`witness`]: a regulator's witness of the operator's checkpoints (consistency, cosigning).
 //!
 //! **Architecture Invariant:** an interval is recorded by [`record::interval_entries`] and
 //! checked by [`record::reclear`], whoever cleared it (the one-shot `baton clear --ledger` or the
@@ -25,6 +26,7 @@ use baton_ledger::{
 pub mod book;
 pub mod record;
 pub mod summary;
+pub mod witness;
 
 pub use book::{Binding, BindingReport};
 pub use record::{Recleared, RecordError};
@@ -168,11 +170,12 @@ impl std::fmt::Display for AuditReport {
 
 /// Verifies the ledger at `db` with every check the ledger makes
 /// ([`baton_ledger::audit::verify`]) and, in the same pass, the book binding of every interval
-/// ([`book::Binding`]): the first failure names its seq.
+/// ([`book::Binding`]): the first failure names its seq. `published`: checkpoints published
+/// earlier (or stored by a witness) the ledger must be consistent with.
 pub async fn verify(
     db: &str,
     operator: &PublicKey,
-    published: Option<Checkpoint>,
+    published: Vec<Checkpoint>,
 ) -> Result<AuditReport, VerifyFailure> {
     let ledger = Ledger::open_existing(db).await.map_err(|e| VerifyFailure {
         seq: 0,

@@ -59,6 +59,8 @@ pub struct VerifyReport {
     pub balances: BTreeMap<String, Amount>,
     /// Whether a published checkpoint was checked against the ledger.
     pub published_checked: bool,
+    /// How many published checkpoints were checked (a witness's state holds several).
+    pub published_count: u64,
 }
 
 impl fmt::Display for VerifyReport {
@@ -78,8 +80,10 @@ impl fmt::Display for VerifyReport {
             self.postings,
             self.balances.len()
         )?;
-        if self.published_checked {
-            write!(f, ", consistent with the published checkpoint")?;
+        match self.published_count {
+            0 => {}
+            1 => write!(f, ", consistent with the published checkpoint")?,
+            n => write!(f, ", consistent with {n} published checkpoints")?,
         }
         Ok(())
     }
@@ -274,8 +278,20 @@ pub async fn verify_with(
     published: Option<Checkpoint>,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, VerifyFailure> {
+    verify_published(url, operator, published.into_iter().collect(), opts).await
+}
+
+/// [`verify_with`] against several published checkpoints (e.g. every checkpoint a witness
+/// stored): each must be signed by `operator` and the ledger's first `size` entries must have
+/// its root.
+pub async fn verify_published(
+    url: &str,
+    operator: &PublicKey,
+    published: Vec<Checkpoint>,
+    opts: VerifyOptions,
+) -> Result<VerifyReport, VerifyFailure> {
     let ledger = Ledger::open_existing(url).await.map_err(storage)?;
-    let r = ledger.verify(operator, published, opts).await;
+    let r = ledger.verify_published(operator, published, opts).await;
     ledger.close().await;
     r
 }
@@ -398,18 +414,30 @@ impl Ledger {
         published: Option<Checkpoint>,
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyFailure> {
+        self.verify_published(operator, published.into_iter().collect(), opts)
+            .await
+    }
+
+    /// [`verify_published`] on an open handle.
+    pub async fn verify_published(
+        &self,
+        operator: &PublicKey,
+        published: Vec<Checkpoint>,
+        opts: VerifyOptions,
+    ) -> Result<VerifyReport, VerifyFailure> {
         self.verify_checking(operator, published, opts, &mut NoCheck)
             .await
     }
 
-    /// [`Ledger::verify`], also running `check` on every entry in the same pass.
+    /// [`Ledger::verify_published`], also running `check` on every entry in the same pass.
     pub async fn verify_checking(
         &self,
         operator: &PublicKey,
-        published: Option<Checkpoint>,
+        mut published: Vec<Checkpoint>,
         opts: VerifyOptions,
         check: &mut dyn EntryCheck,
     ) -> Result<VerifyReport, VerifyFailure> {
+        published.sort_by_key(|c| c.size);
         let mut reader = self.reader().await.map_err(storage)?;
         let mut sigs = SigQueue::default();
         let result = run_verify(&mut reader, operator, published, opts, &mut sigs, check).await;
@@ -429,12 +457,12 @@ impl Ledger {
 async fn run_verify(
     reader: &mut Reader,
     operator: &PublicKey,
-    published: Option<Checkpoint>,
+    published: Vec<Checkpoint>,
     opts: VerifyOptions,
     sigs: &mut SigQueue,
     check: &mut dyn EntryCheck,
 ) -> Result<VerifyReport, VerifyFailure> {
-    if let Some(p) = &published {
+    for p in &published {
         p.verify(operator).map_err(|e| VerifyFailure {
             seq: 0,
             reason: FailureReason::PublishedSignature(e),
@@ -443,6 +471,13 @@ async fn run_verify(
     let checkpoints = reader.checkpoints().await.map_err(storage)?;
     let last_cp_size = checkpoints.last().map_or(0, |c| c.size);
     let mut cp_iter = checkpoints.iter().peekable();
+    // Sorted by size; a published checkpoint of size 0 (the empty tree) is checked first.
+    let mut published_iter = published.iter().filter(|p| p.size > 0).peekable();
+    if let Some(p) = published.iter().find(|p| p.size == 0) {
+        if p.root != merkle::empty_root() {
+            return fail(0, FailureReason::PublishedRootMismatch { size: 0 });
+        }
+    }
     let mut checkpoints_ok = 0u64;
 
     let mut frontier = Frontier::new();
@@ -649,10 +684,14 @@ async fn run_verify(
                 checkpoints_ok += 1;
                 cp_iter.next();
             }
-            if let Some(p) = &published {
-                if p.size == seq && p.root != frontier.root() {
+            while let Some(p) = published_iter.peek() {
+                if p.size > seq {
+                    break;
+                }
+                if p.root != frontier.root() {
                     return fail(seq, FailureReason::PublishedRootMismatch { size: p.size });
                 }
+                published_iter.next();
             }
             expected += 1;
         }
@@ -670,7 +709,7 @@ async fn run_verify(
             FailureReason::CheckpointBeyondEnd { size: cp.size },
         );
     }
-    if let Some(p) = &published {
+    if let Some(p) = published.last() {
         if p.size > entries {
             return fail(
                 entries + 1,
@@ -723,7 +762,8 @@ async fn run_verify(
         participant_signatures: sig_count,
         postings: posting_count,
         balances,
-        published_checked: published.is_some(),
+        published_checked: !published.is_empty(),
+        published_count: published.len() as u64,
     })
 }
 
@@ -847,6 +887,24 @@ impl ConsistencyProof {
     }
 }
 
+/// A consistency proof between two stored checkpoints, with the checkpoints it links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointConsistency {
+    /// The older checkpoint.
+    pub old: Checkpoint,
+    /// The newer checkpoint.
+    pub new: Checkpoint,
+    /// The RFC 9162 proof from `old` to `new`.
+    pub proof: ConsistencyProof,
+}
+
+impl CheckpointConsistency {
+    /// Checks both signatures and the path ([`ConsistencyProof::verify`]).
+    pub fn verify(&self, key: &PublicKey) -> Result<(), ProofError> {
+        self.proof.verify(&self.old, &self.new, key)
+    }
+}
+
 async fn tree_hashes(reader: &mut Reader, size: u64) -> Result<Vec<Hash>> {
     let raw = reader.entry_hashes(size).await?;
     let mut out = Vec::with_capacity(raw.len());
@@ -914,6 +972,53 @@ impl Ledger {
             old_size,
             new_size: cp.size,
             path,
+        })
+    }
+
+    /// The checkpoint covering exactly `size` entries, if the ledger stored one.
+    pub async fn checkpoint_at(&self, size: u64) -> Result<Option<Checkpoint>> {
+        let mut r = self.reader().await?;
+        let c = r.checkpoint_at(size).await?;
+        r.finish().await?;
+        Ok(c)
+    }
+
+    /// Consistency proof between two stored checkpoints, of sizes `old_size <= new_size`
+    /// (equal sizes give the empty proof), with both checkpoints, read in one snapshot.
+    ///
+    /// Reads the `new_size` entry hashes (32 bytes each); callers bound `new_size`.
+    pub async fn consistency_proof_between(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<CheckpointConsistency> {
+        if old_size > new_size {
+            return Err(LedgerError::ProofRange {
+                old: old_size,
+                new: new_size,
+            });
+        }
+        let mut r = self.reader().await?;
+        let old = r
+            .checkpoint_at(old_size)
+            .await?
+            .ok_or(LedgerError::NoCheckpointAt(old_size))?;
+        let new = r
+            .checkpoint_at(new_size)
+            .await?
+            .ok_or(LedgerError::NoCheckpointAt(new_size))?;
+        let hashes = tree_hashes(&mut r, new_size).await?;
+        r.finish().await?;
+        let path = merkle::consistency_proof(&hashes, old_size)
+            .ok_or(LedgerError::NoCheckpointAt(old_size))?;
+        Ok(CheckpointConsistency {
+            proof: ConsistencyProof {
+                old_size,
+                new_size,
+                path,
+            },
+            old,
+            new,
         })
     }
 

@@ -93,6 +93,17 @@ pub enum LedgerError {
     /// The ledger has no checkpoint yet.
     #[error("the ledger has no checkpoint yet")]
     NoCheckpoint,
+    /// No checkpoint covers exactly this many entries.
+    #[error("no checkpoint of size {0}")]
+    NoCheckpointAt(u64),
+    /// A consistency proof from a larger tree to a smaller one.
+    #[error("consistency proof from size {old} to the smaller size {new}")]
+    ProofRange {
+        /// The older (first) size asked for.
+        old: u64,
+        /// The newer (second) size asked for.
+        new: u64,
+    },
     /// Writing an export failed.
     #[error("export write failed: {0}")]
     Io(#[from] std::io::Error),

@@ -118,6 +118,9 @@ pub const AUDIT_ENTRIES_PER_READ_MAX: u64 = 1_000;
 /// Largest tree an inclusion proof is computed over, entries: the proof is computed from every
 /// entry hash (32 bytes each, so 32 MB at this size); larger ledgers need a stored tree.
 pub const INCLUSION_PROOF_TREE_SIZE_MAX: u64 = 1_000_000;
+/// Largest tree a consistency proof is computed to, entries: like an inclusion proof, it is
+/// computed from every entry hash up to the newer size (32 bytes each, 32 MB at this size).
+pub const CONSISTENCY_PROOF_TREE_SIZE_MAX: u64 = 1_000_000;
 /// Longest gate lead, seconds (a day).
 pub const GATE_LEAD_S_MAX: i64 = 86_400;
 /// How long a server whose scheduler or group-commit task has died keeps answering before it

@@ -25,9 +25,14 @@ enum AuditCommand {
         /// The operator's public key: hex, or a file holding it.
         #[arg(long)]
         operator_pubkey: String,
-        /// A checkpoint published earlier (signed note): the ledger must be consistent with it.
+        /// A checkpoint published earlier (signed note), or a witness's state directory: the
+        /// ledger must be consistent with it (with every checkpoint the witness stored).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// With a witness state directory: every stored checkpoint must carry a valid
+        /// cosignature by this witness key (hex, or a file holding it).
+        #[arg(long, requires = "checkpoint")]
+        witness_pubkey: Option<String>,
     },
     /// Re-clear recorded intervals and check prices, fills and payments are identical.
     Reclear {
@@ -38,6 +43,9 @@ enum AuditCommand {
         #[arg(long)]
         interval: Option<i64>,
     },
+    /// Follow the servers' signed checkpoints as a witness: check each extends the last one
+    /// stored, store it and cosign it; fail on a rewrite, a rollback or a fork.
+    Witness(super::witness::WitnessArgs),
     /// Export entries for other tools.
     Export {
         /// Ledger URL.
@@ -87,7 +95,14 @@ pub(crate) fn run(a: AuditArgs) -> Result<()> {
             db,
             operator_pubkey,
             checkpoint,
-        } => verify(&db, &operator_pubkey, checkpoint.as_deref()),
+            witness_pubkey,
+        } => verify(
+            &db,
+            &operator_pubkey,
+            checkpoint.as_deref(),
+            witness_pubkey.as_deref(),
+        ),
+        AuditCommand::Witness(w) => super::witness::run(w),
         AuditCommand::Reclear { db, interval } => reclear(&db, interval),
         AuditCommand::Export {
             db,
@@ -152,17 +167,26 @@ pub(crate) fn record_clearing(
 }
 
 /// `baton audit verify`.
-fn verify(db: &str, pubkey: &str, published: Option<&Path>) -> Result<()> {
+fn verify(
+    db: &str,
+    pubkey: &str,
+    published: Option<&Path>,
+    witness_pubkey: Option<&str>,
+) -> Result<()> {
     let key = load_public_key(pubkey)?;
     let published = match published {
-        None => None,
+        None => Vec::new(),
+        Some(p) if p.is_dir() => super::witness::stored_checkpoints(p, witness_pubkey)?,
         Some(p) => {
+            if witness_pubkey.is_some() {
+                bail!("--witness-pubkey needs a witness state directory as --checkpoint");
+            }
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading checkpoint {}", p.display()))?;
-            Some(Checkpoint::from_note(&text).with_context(|| format!("{}", p.display()))?)
+            vec![Checkpoint::from_note(&text).with_context(|| format!("{}", p.display()))?]
         }
     };
-    let outcome = runtime()?.block_on(audit::verify(db, &key, published));
+    let outcome = runtime()?.block_on(baton_audit::verify(db, &key, published));
     match outcome {
         Ok(report) => {
             println!("{report}");

@@ -13,6 +13,7 @@ pub(crate) mod import_matpower;
 pub(crate) mod keys;
 pub(crate) mod report;
 pub(crate) mod serve;
+pub(crate) mod witness;
 
 /// A single-threaded runtime for the commands that make a few ledger calls.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -15,6 +15,7 @@ mod python_client;
 mod report;
 mod serve;
 mod tls;
+mod witness;
 
 /// The `baton` binary Cargo built for these tests.
 const BATON: &str = env!("CARGO_BIN_EXE_baton");

@@ -1,4 +1,5 @@
-//! `baton.v1.AuditService`: the ledger's head, entries and inclusion proofs (public).
+//! `baton.v1.AuditService`: the ledger's head, entries, inclusion and consistency proofs
+//! (public).
 
 use pb::audit_service_client::AuditServiceClient;
 use tonic::transport::Channel;
@@ -65,6 +66,27 @@ impl AuditClient {
                     "GetInclusionProof",
                     REQUEST_TIMEOUT_MS,
                     c.get_inclusion_proof(pb::GetInclusionProofRequest { seq }),
+                )
+                .await
+            }
+        })
+        .await
+    }
+
+    /// An RFC 9162 consistency proof between the server's checkpoints of sizes `from_size`
+    /// and `to_size` (0: the latest), with both checkpoints as signed notes.
+    pub async fn consistency_proof(
+        &self,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<pb::GetConsistencyProofResponse, ClientError> {
+        retrying(from_size, || {
+            let mut c = self.inner.clone();
+            async move {
+                call(
+                    "GetConsistencyProof",
+                    REQUEST_TIMEOUT_MS,
+                    c.get_consistency_proof(pb::GetConsistencyProofRequest { from_size, to_size }),
                 )
                 .await
             }

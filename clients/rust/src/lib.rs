@@ -4,7 +4,8 @@
 //!   [`ParticipantKey`]; [`PublicClient`]: the unsigned reads (market clock and limits,
 //!   interval results) and [`PublicClient::submit_signed`] for gateways.
 //! - [`AdminClient`]: the operator's commands, signed with the operator key ([`AdminKey`]).
-//! - [`AuditClient`]: the ledger's head, entries and inclusion proofs.
+//! - [`AuditClient`]: the ledger's head, entries, inclusion proofs and consistency proofs
+//!   between checkpoints.
 //!
 //! Every client is built from a [`Channel`] ([`connect`]) and is cheap to clone; clones and
 //! clients built from clones of one channel share one HTTP/2 connection, so hundreds of

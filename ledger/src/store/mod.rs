@@ -201,6 +201,12 @@ impl Reader {
         dispatch!(self, checkpoints())
     }
 
+    /// The checkpoint of exactly `size` entries, if one was stored.
+    pub(crate) async fn checkpoint_at(&mut self, size: u64) -> Result<Option<Checkpoint>> {
+        let size = clamp(size);
+        dispatch!(self, checkpoint_at(size))
+    }
+
     pub(crate) async fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>> {
         dispatch!(self, latest_checkpoint())
     }

@@ -190,6 +190,19 @@ pub(crate) async fn checkpoints(c: &mut PgConnection) -> Result<Vec<Checkpoint>>
         .collect()
 }
 
+pub(crate) async fn checkpoint_at(c: &mut PgConnection, size: i64) -> Result<Option<Checkpoint>> {
+    let row = sqlx::query(
+        "SELECT size, root_hash, signature, key_id, origin, frontier FROM checkpoints \
+         WHERE size = $1",
+    )
+    .bind(size)
+    .fetch_optional(&mut *c)
+    .await?;
+    row.as_ref()
+        .map(|r| checkpoint_row(r).map(|s| s.checkpoint))
+        .transpose()
+}
+
 pub(crate) async fn latest_checkpoint(c: &mut PgConnection) -> Result<Option<StoredCheckpoint>> {
     let row = sqlx::query(
         "SELECT size, root_hash, signature, key_id, origin, frontier FROM checkpoints \

@@ -202,6 +202,22 @@ pub(crate) async fn checkpoints(c: &mut SqliteConnection) -> Result<Vec<Checkpoi
         .collect()
 }
 
+pub(crate) async fn checkpoint_at(
+    c: &mut SqliteConnection,
+    size: i64,
+) -> Result<Option<Checkpoint>> {
+    let row = sqlx::query(
+        "SELECT size, root_hash, signature, key_id, origin, frontier FROM checkpoints \
+         WHERE size = ?",
+    )
+    .bind(size)
+    .fetch_optional(&mut *c)
+    .await?;
+    row.as_ref()
+        .map(|r| checkpoint_row(r).map(|s| s.checkpoint))
+        .transpose()
+}
+
 pub(crate) async fn latest_checkpoint(
     c: &mut SqliteConnection,
 ) -> Result<Option<StoredCheckpoint>> {
