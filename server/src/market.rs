@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::clock::wall_now_ms;
-use super::commit::CommitItem;
+use super::commit::{Accepted, CommitItem};
 use super::error::{oversize_status, ServiceError};
 use super::state::{preverify_order, OrderStatus, Preverified};
 use super::{ClearedInterval, Shared, LIST_ORDERS_MAX, STREAM_ORDERS_MAX};
@@ -32,7 +32,7 @@ pub(crate) struct MarketApi {
     pub(crate) shared: Arc<Shared>,
 }
 
-type Ack = oneshot::Receiver<Result<u64, ServiceError>>;
+type Ack = oneshot::Receiver<Result<Accepted, ServiceError>>;
 
 impl MarketApi {
     /// Decodes and verifies an order against a snapshot of its participant's key, without
@@ -139,11 +139,12 @@ async fn acked(
     shared: &Shared,
     (order_id, interval_start, rx): (String, i64, Ack),
 ) -> Result<pb::SubmitOrderResponse, ServiceError> {
-    let seq = rx.await.map_err(|_| shared.gone())??;
+    let a = rx.await.map_err(|_| shared.gone())??;
     Ok(pb::SubmitOrderResponse {
         order_id,
-        ledger_seq: seq,
+        ledger_seq: a.seq,
         interval_start,
+        receipt: a.receipt,
     })
 }
 
