@@ -639,7 +639,8 @@ pub struct Included {
     pub product: String,
     /// Accepted quantity, kW.
     pub accepted_total: Decimal,
-    /// Money received (negative: paid), from the settlement postings to the participant.
+    /// Money received (negative: paid), from the settlement postings to the participant's
+    /// account (memo `energy <id>` or `flex <id> for …`).
     pub payment: Decimal,
     /// The `interval_result` entry.
     pub result_seq: u64,
@@ -768,13 +769,14 @@ pub fn judge_result(
             seq: s.seq,
             reason: e.to_string(),
         })?;
-        let account = format!("participant:{participant}");
+        // The live market's accounts are participant ids; `participant:<id>` is accepted too.
+        let prefixed = format!("participant:{participant}");
         let energy = format!("energy {order_id}");
         let flex = format!("flex {order_id} for ");
         payment = body
             .postings
             .iter()
-            .filter(|p| p.account == account)
+            .filter(|p| p.account == participant || p.account == prefixed)
             .filter(|p| {
                 p.memo
                     .as_deref()

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::nonce::unix_seconds;
+use crate::receipt::Receipt;
 use crate::{
     backoff, call, pb, retrying, wire, ClientError, NonceCounter, ParticipantKey, ResultStream,
     MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RETRY_ATTEMPTS_MAX, STREAM_TIMEOUT_MS,
@@ -146,6 +147,11 @@ pub struct Ack {
     pub ledger_seq: u64,
     /// The interval it is for.
     pub interval_start: i64,
+    /// The operator's signed receipt (check it with [`crate::verify_receipt`], keep it with
+    /// [`crate::write_receipt`]). `None` when the acknowledgement was rebuilt from the server's
+    /// books (a resend found the order already accepted: the first answer, which carried the
+    /// receipt, was lost) or the server sent none or an unreadable one.
+    pub receipt: Option<Receipt>,
 }
 
 impl From<pb::SubmitOrderResponse> for Ack {
@@ -154,6 +160,7 @@ impl From<pb::SubmitOrderResponse> for Ack {
             order_id: r.order_id,
             ledger_seq: r.ledger_seq,
             interval_start: r.interval_start,
+            receipt: r.receipt.as_ref().and_then(|p| Receipt::from_proto(p).ok()),
         }
     }
 }
@@ -479,6 +486,7 @@ impl MarketClient {
                         order_id: info.order_id,
                         ledger_seq: info.ledger_seq,
                         interval_start: info.interval_start,
+                        receipt: None,
                     }));
                 }
                 // The nonce went to another order of this participant.
