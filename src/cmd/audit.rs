@@ -70,6 +70,9 @@ enum AuditCommand {
         #[arg(long)]
         operator_pubkey: String,
     },
+    /// Check an order receipt against the ledger: included (with fill and payment), pending,
+    /// or OMITTED/CONTRADICTED with evidence (exit status non-zero).
+    CheckReceipt(super::receipt::CheckReceiptArgs),
 }
 
 /// `--format` of `baton audit export`.
@@ -100,6 +103,7 @@ pub(crate) fn run(a: AuditArgs) -> Result<()> {
             proof,
             operator_pubkey,
         } => check_proof(&proof, &operator_pubkey),
+        AuditCommand::CheckReceipt(args) => super::receipt::run(args),
     }
 }
 
