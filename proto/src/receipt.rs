@@ -251,6 +251,25 @@ impl Receipt {
         }
     }
 
+    /// The wire message, without copying the origin.
+    pub fn into_proto(self) -> pb::Receipt {
+        let mut path = Vec::with_capacity(self.path.len() * 32);
+        self.path.iter().for_each(|h| path.extend_from_slice(h));
+        pb::Receipt {
+            order_hash: self.leaf.order_hash.to_vec(),
+            ledger_seq: self.leaf.ledger_seq,
+            interval_start: self.leaf.interval_start,
+            accepted_at_ms: self.leaf.accepted_at_ms,
+            leaf_index: self.leaf_index,
+            path,
+            leaf_count: self.statement.leaf_count,
+            root: self.statement.root.to_vec(),
+            origin: self.statement.origin,
+            key_id: self.statement.key_id.to_vec(),
+            signature: self.statement.signature.to_vec(),
+        }
+    }
+
     /// Parses the wire message (does not verify it).
     pub fn from_proto(r: &pb::Receipt) -> Result<Self, ReceiptError> {
         fn fixed<const N: usize>(what: &str, b: &[u8]) -> Result<[u8; N], ReceiptError> {
@@ -301,7 +320,9 @@ pub fn issue(
         return Ok(Vec::new());
     }
     let digests: Vec<Hash> = leaves.iter().map(|l| leaf_hash(&l.digest())).collect();
-    let mut paths = vec![Vec::new(); leaves.len()];
+    // A path has at most ceil(log2 n) hashes: allocate each once.
+    let depth = (usize::BITS - (leaves.len() - 1).leading_zeros()) as usize;
+    let mut paths = vec![Vec::with_capacity(depth); leaves.len()];
     let root = subtree(&digests, &mut paths);
     let n = leaves.len() as u64;
     let statement = BatchStatement {
@@ -885,6 +906,7 @@ mod tests {
                 ));
                 let back = Receipt::from_proto(&r.to_proto()).unwrap();
                 assert_eq!(&back, r);
+                assert_eq!(r.clone().into_proto(), r.to_proto());
                 let json = serde_json::to_string(r).unwrap();
                 assert_eq!(&serde_json::from_str::<Receipt>(&json).unwrap(), r);
             }

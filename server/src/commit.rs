@@ -54,12 +54,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
             }
         }
         let mut entries = Vec::with_capacity(batch.len());
-        // The orders' hashes, in batch order (their seqs are known once appended).
-        let mut order_hashes = Vec::with_capacity(batch.len());
         for item in &batch {
             match item {
                 CommitItem::Order(v, _) => {
-                    order_hashes.push(receipt::order_hash(&v.signed.payload));
                     entries.push(NewEntry::order(Some(v.record.interval_start), &v.signed))
                 }
                 CommitItem::Cancel(c, _) => {
@@ -82,7 +79,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
             r.map(Some)
         };
         let mut receipts = match &appended {
-            Ok(Some(r)) => sign_receipts(&shared, &batch, &order_hashes, r.first_seq),
+            Ok(Some(r)) => sign_receipts(&shared, &batch, r.first_seq),
             _ => Vec::new(),
         }
         .into_iter();
@@ -138,21 +135,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
 /// The receipts of a committed batch's orders, in batch order: leaves from the orders' hashes,
 /// seqs and intervals and one wall-clock time for the batch, one signature. Empty (logged) if
 /// signing fails, which only an invalid origin could cause and `run` refuses those at start.
-fn sign_receipts(
-    shared: &Shared,
-    batch: &[CommitItem],
-    order_hashes: &[receipt::Hash],
-    first_seq: u64,
-) -> Vec<pb::Receipt> {
+fn sign_receipts(shared: &Shared, batch: &[CommitItem], first_seq: u64) -> Vec<pb::Receipt> {
     let accepted_at_ms = wall_now_ms();
     let mut seq = first_seq;
-    let mut hashes = order_hashes.iter();
-    let mut leaves = Vec::with_capacity(order_hashes.len());
+    let mut leaves = Vec::with_capacity(batch.len());
     for item in batch {
         match item {
             CommitItem::Order(v, _) => {
                 leaves.push(ReceiptLeaf {
-                    order_hash: *hashes.next().expect("one hash per order"),
+                    order_hash: v.order_hash,
                     ledger_seq: seq,
                     interval_start: v.record.interval_start,
                     accepted_at_ms,
@@ -170,7 +161,7 @@ fn sign_receipts(
         key.public_key().as_dalek(),
         |text| key.sign(text),
     ) {
-        Ok(rs) => rs.iter().map(receipt::Receipt::to_proto).collect(),
+        Ok(rs) => rs.into_iter().map(receipt::Receipt::into_proto).collect(),
         Err(e) => {
             tracing::error!(error = %e, "signing the batch's receipts failed");
             Vec::new()
