@@ -5,7 +5,8 @@
 //!
 //! Each committed batch's orders get signed receipts (`baton_proto::receipt`): one leaf per
 //! order, one Merkle tree and one operator signature per batch, so the per-order cost is a few
-//! SHA-256 compressions rather than an ed25519 signature.
+//! SHA-256 compressions rather than an ed25519 signature. A second task signs them and answers
+//! the orders while this one appends the next batch; it answers batches in commit order.
 
 use std::sync::Arc;
 
@@ -39,7 +40,22 @@ pub(crate) enum CommitItem {
     Stop,
 }
 
+/// Committed batches whose receipts wait for the signer before the commit task waits for it.
+const RECEIPT_QUEUE_BATCHES: usize = 4;
+
+type OrderReply = oneshot::Sender<Result<Accepted, ServiceError>>;
+
+/// One committed batch's orders, for the signer: their leaves and who waits for each.
+struct ToSign {
+    leaves: Vec<ReceiptLeaf>,
+    replies: Vec<OrderReply>,
+}
+
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>) {
+    // Receipts are signed and the orders answered by a second task, so that building one
+    // batch's receipts overlaps the next batch's append instead of delaying it.
+    let (sign_tx, sign_rx) = mpsc::channel(RECEIPT_QUEUE_BATCHES);
+    let mut signer = tokio::spawn(sign_and_reply(shared.clone(), sign_rx));
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else {
@@ -78,11 +94,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
             );
             r.map(Some)
         };
-        let mut receipts = match &appended {
-            Ok(Some(r)) => sign_receipts(&shared, &batch, r.first_seq),
-            _ => Vec::new(),
-        }
-        .into_iter();
+        // One acceptance time for the whole batch: when it became durable.
+        let accepted_at_ms = wall_now_ms();
+        let mut to_sign = ToSign {
+            leaves: Vec::new(),
+            replies: Vec::new(),
+        };
         let mut barriers = Vec::new();
         {
             let mut st = shared.lock();
@@ -94,11 +111,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
                 match item {
                     CommitItem::Order(v, reply) => match (&appended, seq.as_mut()) {
                         (Ok(_), Some(s)) => {
+                            to_sign.leaves.push(ReceiptLeaf {
+                                order_hash: v.order_hash,
+                                ledger_seq: *s,
+                                interval_start: v.record.interval_start,
+                                accepted_at_ms,
+                            });
+                            to_sign.replies.push(reply);
                             st.insert_order(v.record, *s);
-                            let _ = reply.send(Ok(Accepted {
-                                seq: *s,
-                                receipt: receipts.next(),
-                            }));
                             *s += 1;
                         }
                         (Err(e), _) => {
@@ -129,34 +149,40 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
         for b in barriers {
             let _ = b.send(());
         }
+        if !to_sign.replies.is_empty() && sign_tx.send(to_sign).await.is_err() {
+            // The signer is gone: only a panic ends it early. Die with it, so the
+            // supervisor halts the market rather than accept orders nobody answers.
+            break;
+        }
+    }
+    drop(sign_tx);
+    if let Err(e) = (&mut signer).await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }
 
-/// The receipts of a committed batch's orders, in batch order: leaves from the orders' hashes,
-/// seqs and intervals and one wall-clock time for the batch, one signature. Empty (logged) if
-/// signing fails, which only an invalid origin could cause and `run` refuses those at start.
-fn sign_receipts(shared: &Shared, batch: &[CommitItem], first_seq: u64) -> Vec<pb::Receipt> {
-    let accepted_at_ms = wall_now_ms();
-    let mut seq = first_seq;
-    let mut leaves = Vec::with_capacity(batch.len());
-    for item in batch {
-        match item {
-            CommitItem::Order(v, _) => {
-                leaves.push(ReceiptLeaf {
-                    order_hash: v.order_hash,
-                    ledger_seq: seq,
-                    interval_start: v.record.interval_start,
-                    accepted_at_ms,
-                });
-                seq += 1;
-            }
-            CommitItem::Cancel(..) => seq += 1,
-            CommitItem::Barrier(_) | CommitItem::Stop => {}
+/// The signer: for each committed batch, in order, its receipts (one signature) and then the
+/// answers to the orders' waiting requests.
+async fn sign_and_reply(shared: Arc<Shared>, mut rx: mpsc::Receiver<ToSign>) {
+    while let Some(batch) = rx.recv().await {
+        let mut receipts = sign_receipts(&shared, &batch.leaves).into_iter();
+        for (reply, leaf) in batch.replies.into_iter().zip(&batch.leaves) {
+            let _ = reply.send(Ok(Accepted {
+                seq: leaf.ledger_seq,
+                receipt: receipts.next(),
+            }));
         }
     }
+}
+
+/// A committed batch's receipts, in batch order: one signature. Empty (logged) if signing
+/// fails, which only an invalid origin could cause, and `run` refuses those at start.
+fn sign_receipts(shared: &Shared, leaves: &[ReceiptLeaf]) -> Vec<pb::Receipt> {
     let key = &shared.receipt_key;
     match receipt::issue(
-        &leaves,
+        leaves,
         &shared.origin,
         key.public_key().as_dalek(),
         |text| key.sign(text),
