@@ -50,6 +50,11 @@ pub const LEAF_DOMAIN: &[u8] = b"baton receipt leaf v1\0";
 pub const ORIGIN_BYTES_MAX: usize = 256;
 /// Deepest audit path: a tree of `u64` leaves has at most 64 levels.
 pub const PATH_HASHES_MAX: usize = 64;
+/// Orders of one `SubmitOrders` stream whose outcomes carry receipts. A receipt is about 600
+/// bytes on the wire, so this keeps the one response within gRPC's default 4 MiB message
+/// limit that clients decode with; a larger stream is answered without receipts, exactly as
+/// before receipts existed. `SubmitOrderStream` and `SubmitOrder` always carry them.
+pub const SUBMIT_ORDERS_RECEIPTS_MAX: usize = 4_096;
 /// Bytes of a leaf's canonical encoding: hash, seq, interval, time.
 pub const LEAF_BYTES: usize = 32 + 8 + 8 + 8;
 

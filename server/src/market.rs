@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use baton_proto::receipt::SUBMIT_ORDERS_RECEIPTS_MAX;
 use baton_proto::v1 as pb;
 use futures_util::FutureExt;
 use pb::market_service_server::MarketService;
@@ -234,9 +235,15 @@ impl MarketService for MarketApi {
             }
         }
         let mut out = pb::SubmitOrdersResponse::default();
+        let receipts = pending.len() <= SUBMIT_ORDERS_RECEIPTS_MAX;
         for (i, p) in pending.into_iter().enumerate() {
             let r = match p {
-                Ok(q) => acked(&self.shared, q).await,
+                Ok(q) => acked(&self.shared, q).await.map(|mut a| {
+                    if !receipts {
+                        a.receipt = None;
+                    }
+                    a
+                }),
                 Err(e) => Err(e),
             };
             match r {

@@ -18,10 +18,13 @@ use crate::{
     backoff, call, pb, retrying, wire, ClientError, NonceCounter, ParticipantKey, ResultStream,
     MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RETRY_ATTEMPTS_MAX, STREAM_TIMEOUT_MS,
 };
+use baton_proto::receipt::SUBMIT_ORDERS_RECEIPTS_MAX;
 
 /// Orders sent in one `SubmitOrders` stream; [`MarketClient::submit_many`] splits larger
 /// batches. Ten thousand orders of a few hundred bytes keep one stream's acks within a
-/// couple of group commits.
+/// couple of group commits. The server answers streams of at most
+/// [`SUBMIT_ORDERS_RECEIPTS_MAX`] orders with receipts, so `submit_many` sends streams of
+/// that size.
 pub const SUBMIT_STREAM_ORDERS_MAX: usize = 10_000;
 /// `GetOrder` lookups when a retried submit is refused as a repeat: the earlier attempt's
 /// order may still be on its way to the ledger (the server reserves the nonce before the
@@ -503,7 +506,8 @@ impl MarketClient {
     }
 
     /// Submits several orders in `SubmitOrders` streams of at most
-    /// [`SUBMIT_STREAM_ORDERS_MAX`], one outcome per order, in order. Each order is signed
+    /// [`SUBMIT_ORDERS_RECEIPTS_MAX`] (so every ack carries its receipt), one outcome per
+    /// order, in order. Each order is signed
     /// once with consecutive nonces; a stream that fails transiently is resent as is, and
     /// orders the resend finds already accepted are acknowledged from the ledger.
     pub async fn submit_many(
@@ -511,7 +515,7 @@ impl MarketClient {
         orders: Vec<NewOrder>,
     ) -> Result<Vec<Result<Ack, ClientError>>, ClientError> {
         let mut out = Vec::with_capacity(orders.len());
-        for chunk in orders.chunks(SUBMIT_STREAM_ORDERS_MAX) {
+        for chunk in orders.chunks(SUBMIT_ORDERS_RECEIPTS_MAX) {
             let first = self.nonces.reserve(chunk.len() as u64);
             let protos: Vec<pb::Order> = chunk
                 .iter()

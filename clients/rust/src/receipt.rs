@@ -10,6 +10,7 @@ use std::path::Path;
 use baton_proto::receipt::{self, EntryView, Scan};
 pub use baton_proto::receipt::{
     Contradiction, Included, Receipt, ReceiptError, ReceiptLeaf, Verdict,
+    SUBMIT_ORDERS_RECEIPTS_MAX,
 };
 use ed25519_dalek::VerifyingKey;
 
