@@ -186,6 +186,95 @@ async fn evidence(ledger: &Ledger, r: &Receipt, v: &Verdict) -> Result<Evidence>
     })
 }
 
+/// `baton audit check-evidence`: what a third party runs on an evidence file.
+#[derive(clap::Args)]
+pub(crate) struct CheckEvidenceArgs {
+    /// The evidence file (as `check-receipt --evidence` writes it).
+    evidence: PathBuf,
+    /// The operator's public key: hex, or a file holding it.
+    #[arg(long)]
+    operator_pubkey: String,
+}
+
+/// Checks, with nothing but the operator's public key, that the evidence holds two statements
+/// the operator signed that cannot both be true: the receipt, and the ledger (entries proven
+/// against signed checkpoints) that contradicts it at the receipt's seq or leaves its order
+/// out of the interval's result.
+pub(crate) fn check_evidence(a: CheckEvidenceArgs) -> Result<()> {
+    let key = load_public_key(&a.operator_pubkey)?;
+    let text = std::fs::read_to_string(&a.evidence)
+        .with_context(|| format!("reading {}", a.evidence.display()))?;
+    let e: Evidence = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not receipt evidence", a.evidence.display()))?;
+    if e.format != EVIDENCE_FORMAT {
+        bail!("unknown evidence format {:?}", e.format);
+    }
+    let r = &e.receipt;
+    r.verify(key.as_dalek())
+        .context("the receipt does not verify with the operator key")?;
+    let seq = r.leaf.ledger_seq;
+    let proven = |p: &InclusionProof, what: &str| -> Result<()> {
+        p.verify(&p.checkpoint, &key)
+            .map_err(|err| anyhow::anyhow!("the {what} proof does not verify: {err}"))
+    };
+    let breach = match (&e.entry_at_seq, &e.result) {
+        // Nothing at the seq: a signed checkpoint that stops before it.
+        (None, _) => {
+            let c = e
+                .checkpoint
+                .as_ref()
+                .context("no entry at the seq and no checkpoint")?;
+            c.verify(&key).context("the checkpoint does not verify")?;
+            if c.size >= seq {
+                bail!("the checkpoint covers seq {seq} but the evidence holds no entry for it");
+            }
+            format!(
+                "the operator's checkpoint of size {} has no entry {seq}",
+                c.size
+            )
+        }
+        (Some(at), None) => {
+            proven(at, "entry")?;
+            match receipt::judge_order_entry(r, Some(view(&at.entry))) {
+                Err(contradiction) => contradiction.to_string(),
+                Ok(_) => bail!("the ledger's entry at seq {seq} is the receipt's order"),
+            }
+        }
+        (Some(at), Some(result)) => {
+            proven(at, "entry")?;
+            proven(result, "result")?;
+            let order = receipt::judge_order_entry(r, Some(view(&at.entry)))
+                .map_err(|c| anyhow::anyhow!("{c}"))?;
+            if result.entry.kind.as_str() != "interval_result"
+                || result.entry.interval_start != Some(r.leaf.interval_start)
+            {
+                bail!(
+                    "the result proof is not interval {}'s result",
+                    r.leaf.interval_start
+                );
+            }
+            let v = receipt::judge_result(
+                &order.order_id,
+                &order.participant_id,
+                view(&result.entry),
+                None,
+            )?;
+            if !matches!(v, Verdict::Omitted { .. }) {
+                bail!("the interval's result lists the order");
+            }
+            format!(
+                "interval {}'s result at seq {} leaves out order {} accepted at seq {seq}",
+                r.leaf.interval_start, result.entry.seq, order.order_id
+            )
+        }
+    };
+    println!(
+        "evidence holds: the operator (key {}) signed the receipt for seq {seq} and a ledger in which {breach}",
+        super::audit::hex_id(&key)
+    );
+    Ok(())
+}
+
 fn write_evidence(path: &Path, e: &Evidence) -> Result<()> {
     let text = serde_json::to_string_pretty(e)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))

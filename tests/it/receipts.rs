@@ -297,6 +297,31 @@ fn verify_ledger(db: &str) {
     );
 }
 
+/// `baton audit check-evidence` on an evidence file: what a third party runs.
+fn check_evidence(path: &Path) -> Output {
+    Command::new(crate::BATON)
+        .args([
+            "audit",
+            "check-evidence",
+            path.to_str().unwrap(),
+            "--operator-pubkey",
+            &operator_hex(),
+        ])
+        .output()
+        .expect("runs baton")
+}
+
+fn holds(path: &Path) -> String {
+    let out = check_evidence(path);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn read_evidence(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("evidence written")).unwrap()
 }
@@ -349,6 +374,31 @@ async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence()
     p.verify(&p.checkpoint, &key).unwrap();
     assert_eq!(p.entry.seq, seq);
     assert!(judge_order_entry(&r, Some(view(&p.entry))).is_err());
+    let said = holds(&evidence);
+    assert!(
+        said.contains(&format!(
+            "signed the receipt for seq {seq} and a ledger in which"
+        )),
+        "{said}"
+    );
+    // Evidence doctored to pair the receipt with its own true entry does not hold.
+    let mut doctored = e.clone();
+    let honest_proof = {
+        let l = Ledger::open_existing(&honest).await.unwrap();
+        let p = l.inclusion_proof(seq).await.unwrap();
+        l.close().await;
+        p
+    };
+    doctored["entry_at_seq"] = serde_json::to_value(&honest_proof).unwrap();
+    let doctored_path = dir.path().join("doctored.json");
+    std::fs::write(&doctored_path, doctored.to_string()).unwrap();
+    let out = check_evidence(&doctored_path);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the receipt's order"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 2. The order entry kept but the interval's result rewritten without it.
     let omitted = rewrite(&honest, dir.path(), "omitted.db", |es| {
@@ -387,6 +437,14 @@ async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence()
     result.verify(&result.checkpoint, &key).unwrap();
     assert_eq!(result.entry.kind.as_str(), "interval_result");
     assert_eq!(result.entry.interval_start, Some(OPEN));
+    let said = holds(&evidence);
+    assert!(
+        said.contains(&format!(
+            "result at seq {} leaves out order {} accepted at seq {seq}",
+            result.entry.seq, fill.order_id
+        )),
+        "{said}"
+    );
     let listed: serde_json::Value = serde_json::from_slice(&result.entry.body).unwrap();
     assert!(!listed["orders"]
         .as_array()
