@@ -115,7 +115,9 @@ impl fmt::Display for PublicKey {
     }
 }
 
-/// The operator's signing key. Its `Debug` never prints the secret.
+/// The operator's signing key. Its `Debug` never prints the secret. `Clone` so that one
+/// process can sign checkpoints (the ledger's writer) and order receipts (the server) with it.
+#[derive(Clone)]
 pub struct OperatorKey(SigningKey);
 
 impl OperatorKey {

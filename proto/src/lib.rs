@@ -9,6 +9,9 @@
 //! [`wire`] holds what both ends must agree on beyond the messages: id formats, the decimal
 //! grammar, admin command ↔ RPC, role and direction names.
 //!
+//! [`receipt`] holds the operator's signed order receipts: built by the server once per
+//! group-commit batch, checked by the SDK and `baton audit check-receipt`.
+//!
 //! Numbers travel as decimal strings, never floats; the signing rule is documented in
 //! `market.proto`: a signature covers exactly the bytes of the serialized inner message.
 
@@ -18,6 +21,7 @@ pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
+pub mod receipt;
 pub mod wire;
 
 /// The encoded `FileDescriptorSet` of `baton.v1`, for gRPC reflection.

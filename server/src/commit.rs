@@ -2,20 +2,36 @@
 //! whatever has queued up while the previous append ran into one transaction (one fsync, one
 //! checkpoint), and only then answers the waiting requests. Under load the batch grows and the
 //! per-order cost of the transaction shrinks; when idle, a lone order is appended at once.
+//!
+//! Each committed batch's orders get signed receipts (`baton_proto::receipt`): one leaf per
+//! order, one Merkle tree and one operator signature per batch, so the per-order cost is a few
+//! SHA-256 compressions rather than an ed25519 signature. A second task signs them and answers
+//! the orders while this one appends the next batch; it answers batches in commit order.
 
 use std::sync::Arc;
 
 use baton_ledger::NewEntry;
+use baton_proto::receipt::{self, ReceiptLeaf};
+use baton_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
+use super::clock::wall_now_ms;
 use super::error::ServiceError;
 use super::state::{ValidCancel, ValidOrder};
 use super::{FaultInjection, Shared, GROUP_COMMIT_ENTRIES_MAX};
 
+/// A durable order: its seq and its signed receipt.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) seq: u64,
+    /// `None` only if signing failed (logged); the order is durable either way.
+    pub(crate) receipt: Option<pb::Receipt>,
+}
+
 /// What the commit task is asked to do, in arrival order.
 pub(crate) enum CommitItem {
-    /// Append an order, then put it in its book and reply with its seq.
-    Order(ValidOrder, oneshot::Sender<Result<u64, ServiceError>>),
+    /// Append an order, then put it in its book and reply with its seq and receipt.
+    Order(ValidOrder, oneshot::Sender<Result<Accepted, ServiceError>>),
     /// Append a cancel, then take the order out of its book and reply with its seq.
     Cancel(ValidCancel, oneshot::Sender<Result<u64, ServiceError>>),
     /// Reply once everything queued before it is appended (the scheduler's gate closure).
@@ -24,7 +40,22 @@ pub(crate) enum CommitItem {
     Stop,
 }
 
+/// Committed batches whose receipts wait for the signer before the commit task waits for it.
+const RECEIPT_QUEUE_BATCHES: usize = 4;
+
+type OrderReply = oneshot::Sender<Result<Accepted, ServiceError>>;
+
+/// One committed batch's orders, for the signer: their leaves and who waits for each.
+struct ToSign {
+    leaves: Vec<ReceiptLeaf>,
+    replies: Vec<OrderReply>,
+}
+
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>) {
+    // Receipts are signed and the orders answered by a second task, so that building one
+    // batch's receipts overlaps the next batch's append instead of delaying it.
+    let (sign_tx, sign_rx) = mpsc::channel(RECEIPT_QUEUE_BATCHES);
+    let mut signer = tokio::spawn(sign_and_reply(shared.clone(), sign_rx));
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else {
@@ -63,6 +94,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
             );
             r.map(Some)
         };
+        // One acceptance time for the whole batch: when it became durable.
+        let accepted_at_ms = wall_now_ms();
+        let mut to_sign = ToSign {
+            leaves: Vec::new(),
+            replies: Vec::new(),
+        };
         let mut barriers = Vec::new();
         {
             let mut st = shared.lock();
@@ -74,8 +111,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
                 match item {
                     CommitItem::Order(v, reply) => match (&appended, seq.as_mut()) {
                         (Ok(_), Some(s)) => {
+                            to_sign.leaves.push(ReceiptLeaf {
+                                order_hash: v.order_hash,
+                                ledger_seq: *s,
+                                interval_start: v.record.interval_start,
+                                accepted_at_ms,
+                            });
+                            to_sign.replies.push(reply);
                             st.insert_order(v.record, *s);
-                            let _ = reply.send(Ok(*s));
                             *s += 1;
                         }
                         (Err(e), _) => {
@@ -105,6 +148,49 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
         }
         for b in barriers {
             let _ = b.send(());
+        }
+        if !to_sign.replies.is_empty() && sign_tx.send(to_sign).await.is_err() {
+            // The signer is gone: only a panic ends it early. Die with it, so the
+            // supervisor halts the market rather than accept orders nobody answers.
+            break;
+        }
+    }
+    drop(sign_tx);
+    if let Err(e) = (&mut signer).await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// The signer: for each committed batch, in order, its receipts (one signature) and then the
+/// answers to the orders' waiting requests.
+async fn sign_and_reply(shared: Arc<Shared>, mut rx: mpsc::Receiver<ToSign>) {
+    while let Some(batch) = rx.recv().await {
+        let mut receipts = sign_receipts(&shared, &batch.leaves).into_iter();
+        for (reply, leaf) in batch.replies.into_iter().zip(&batch.leaves) {
+            let _ = reply.send(Ok(Accepted {
+                seq: leaf.ledger_seq,
+                receipt: receipts.next(),
+            }));
+        }
+    }
+}
+
+/// A committed batch's receipts, in batch order: one signature. Empty (logged) if signing
+/// fails, which only an invalid origin could cause, and `run` refuses those at start.
+fn sign_receipts(shared: &Shared, leaves: &[ReceiptLeaf]) -> Vec<pb::Receipt> {
+    let key = &shared.receipt_key;
+    match receipt::issue(
+        leaves,
+        &shared.origin,
+        key.public_key().as_dalek(),
+        |text| key.sign(text),
+    ) {
+        Ok(rs) => rs.into_iter().map(receipt::Receipt::into_proto).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "signing the batch's receipts failed");
+            Vec::new()
         }
     }
 }

@@ -298,6 +298,10 @@ pub(crate) struct Shared {
     pub(crate) timing: state::Timing,
     pub(crate) limits: Limits,
     pub(crate) operator: VerifyingKey,
+    /// Signs order receipts (the ledger's writer holds its own copy for checkpoints).
+    pub(crate) receipt_key: OperatorKey,
+    /// The ledger's log name, also the receipts' origin.
+    pub(crate) origin: String,
     pub(crate) interval_minutes: u32,
     pub(crate) price_floor: Option<Decimal>,
     pub(crate) price_cap: Option<Decimal>,
@@ -402,6 +406,8 @@ pub async fn run(
         )));
     }
     let operator = *config.operator_key.public_key().as_dalek();
+    let receipt_key = config.operator_key.clone();
+    let origin = config.origin.clone();
     let ledger = Arc::new(
         Ledger::open(&config.db_url)
             .await?
@@ -442,6 +448,8 @@ pub async fn run(
         timing,
         limits: config.limits.clone(),
         operator,
+        receipt_key,
+        origin,
         interval_minutes: config.interval_minutes,
         price_floor: config.price_floor,
         price_cap: config.price_cap,

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use baton_proto::receipt::SUBMIT_ORDERS_RECEIPTS_MAX;
 use baton_proto::v1 as pb;
 use futures_util::FutureExt;
 use pb::market_service_server::MarketService;
@@ -12,7 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::clock::wall_now_ms;
-use super::commit::CommitItem;
+use super::commit::{Accepted, CommitItem};
 use super::error::{oversize_status, ServiceError};
 use super::state::{preverify_order, OrderStatus, Preverified};
 use super::{ClearedInterval, Shared, LIST_ORDERS_MAX, STREAM_ORDERS_MAX};
@@ -32,7 +33,7 @@ pub(crate) struct MarketApi {
     pub(crate) shared: Arc<Shared>,
 }
 
-type Ack = oneshot::Receiver<Result<u64, ServiceError>>;
+type Ack = oneshot::Receiver<Result<Accepted, ServiceError>>;
 
 impl MarketApi {
     /// Decodes and verifies an order against a snapshot of its participant's key, without
@@ -139,11 +140,12 @@ async fn acked(
     shared: &Shared,
     (order_id, interval_start, rx): (String, i64, Ack),
 ) -> Result<pb::SubmitOrderResponse, ServiceError> {
-    let seq = rx.await.map_err(|_| shared.gone())??;
+    let a = rx.await.map_err(|_| shared.gone())??;
     Ok(pb::SubmitOrderResponse {
         order_id,
-        ledger_seq: seq,
+        ledger_seq: a.seq,
         interval_start,
+        receipt: a.receipt,
     })
 }
 
@@ -233,9 +235,15 @@ impl MarketService for MarketApi {
             }
         }
         let mut out = pb::SubmitOrdersResponse::default();
+        let receipts = pending.len() <= SUBMIT_ORDERS_RECEIPTS_MAX;
         for (i, p) in pending.into_iter().enumerate() {
             let r = match p {
-                Ok(q) => acked(&self.shared, q).await,
+                Ok(q) => acked(&self.shared, q).await.map(|mut a| {
+                    if !receipts {
+                        a.receipt = None;
+                    }
+                    a
+                }),
                 Err(e) => Err(e),
             };
             match r {

@@ -10,6 +10,7 @@ use baton_engine::units::{PRICE_SCALE, QUANTITY_ABS_MAX, QUANTITY_SCALE};
 use baton_engine::validate::{self, RECORDS_PER_INTERVAL_MAX};
 use baton_engine::{MarketError, Side};
 use baton_ledger::SignedMessageBody;
+use baton_proto::receipt;
 use baton_proto::v1 as pb;
 use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message;
@@ -220,6 +221,9 @@ pub(crate) struct ValidOrder {
     pub(crate) record: OrderRecord,
     pub(crate) nonce: u64,
     pub(crate) signed: SignedMessageBody,
+    /// SHA-256 of the signed order bytes, for its receipt (hashed on the verification
+    /// threads, not in the group commit).
+    pub(crate) order_hash: receipt::Hash,
 }
 
 /// A cancellation that passed every check.
@@ -321,6 +325,7 @@ pub(crate) struct Preverified {
     pub(crate) order: pb::Order,
     pub(crate) key: VerifyingKey,
     pub(crate) signature: [u8; 64],
+    pub(crate) order_hash: receipt::Hash,
 }
 
 /// Checks an envelope's size and decodes its order.
@@ -350,6 +355,7 @@ pub(crate) fn preverify_order(
         order,
         key,
         signature: sig,
+        order_hash: receipt::order_hash(&signed.order),
     })
 }
 
@@ -449,7 +455,7 @@ impl MarketState {
         limits: &Limits,
         now_ms: i64,
     ) -> Result<ValidOrder, ServiceError> {
-        let (order, participant, sig) = match pre {
+        let (order, participant, sig, order_hash) = match pre {
             Some(pre)
                 if self
                     .participants
@@ -457,13 +463,13 @@ impl MarketState {
                     .is_some_and(|p| p.key == pre.key) =>
             {
                 let p = &self.participants[&pre.order.participant_id];
-                (pre.order, p, pre.signature)
+                (pre.order, p, pre.signature, pre.order_hash)
             }
             _ => {
                 let order = decode_order(signed)?;
                 let (p, sig) =
                     self.authenticate(&order.participant_id, &signed.order, &signed.signature)?;
-                (order, p, sig)
+                (order, p, sig, receipt::order_hash(&signed.order))
             }
         };
         let pid = order.participant_id.as_str();
@@ -559,6 +565,7 @@ impl MarketState {
         }
         Ok(ValidOrder {
             record,
+            order_hash,
             nonce: order.nonce,
             signed: SignedMessageBody {
                 order_id: Some(id),

@@ -78,6 +78,11 @@ enum AuditCommand {
         #[arg(long)]
         operator_pubkey: String,
     },
+    /// Check an order receipt against the ledger: included (with fill and payment), pending,
+    /// or OMITTED/CONTRADICTED with evidence (exit status non-zero).
+    CheckReceipt(super::receipt::CheckReceiptArgs),
+    /// Check a check-receipt evidence file with nothing but the operator's public key.
+    CheckEvidence(super::receipt::CheckEvidenceArgs),
 }
 
 /// `--format` of `baton audit export`.
@@ -115,6 +120,8 @@ pub(crate) fn run(a: AuditArgs) -> Result<()> {
             proof,
             operator_pubkey,
         } => check_proof(&proof, &operator_pubkey),
+        AuditCommand::CheckReceipt(args) => super::receipt::run(args),
+        AuditCommand::CheckEvidence(args) => super::receipt::check_evidence(args),
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod clear;
 pub(crate) mod demo;
 pub(crate) mod import_matpower;
 pub(crate) mod keys;
+pub(crate) mod receipt;
 pub(crate) mod report;
 pub(crate) mod serve;
 pub(crate) mod witness;

@@ -12,6 +12,7 @@ mod client;
 mod demo;
 mod harness;
 mod python_client;
+mod receipts;
 mod report;
 mod serve;
 mod tls;

@@ -44,6 +44,9 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// A receipt that does not verify (or a checkpoint note that does not).
+    #[error("receipt: {0}")]
+    Receipt(#[from] baton_proto::receipt::ReceiptError),
     /// A value the client refuses to send, or a server answer it cannot read.
     #[error("{field}: {reason}")]
     Invalid {

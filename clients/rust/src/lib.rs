@@ -84,6 +84,7 @@ pub mod error;
 pub mod key;
 mod market;
 pub mod nonce;
+pub mod receipt;
 
 pub use admin::{
     AdminClient, FlexDirection, FlexRequirement, NewParticipant, ADMIN_NONCE_RESYNCS_MAX,
@@ -97,6 +98,7 @@ pub use market::{
     PublicClient, LOOKUP_ATTEMPTS_MAX, NONCE_RESYNCS_MAX, SUBMIT_STREAM_ORDERS_MAX,
 };
 pub use nonce::NonceCounter;
+pub use receipt::{read_receipt, verify_receipt, write_receipt, Receipt, ReceiptProof, Verdict};
 
 /// How long establishing a connection may take, milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;

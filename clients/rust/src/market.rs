@@ -13,14 +13,18 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::nonce::unix_seconds;
+use crate::receipt::Receipt;
 use crate::{
     backoff, call, pb, retrying, wire, ClientError, NonceCounter, ParticipantKey, ResultStream,
     MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RETRY_ATTEMPTS_MAX, STREAM_TIMEOUT_MS,
 };
+use baton_proto::receipt::SUBMIT_ORDERS_RECEIPTS_MAX;
 
 /// Orders sent in one `SubmitOrders` stream; [`MarketClient::submit_many`] splits larger
 /// batches. Ten thousand orders of a few hundred bytes keep one stream's acks within a
-/// couple of group commits.
+/// couple of group commits. The server answers streams of at most
+/// [`SUBMIT_ORDERS_RECEIPTS_MAX`] orders with receipts, so `submit_many` sends streams of
+/// that size.
 pub const SUBMIT_STREAM_ORDERS_MAX: usize = 10_000;
 /// `GetOrder` lookups when a retried submit is refused as a repeat: the earlier attempt's
 /// order may still be on its way to the ledger (the server reserves the nonce before the
@@ -146,6 +150,11 @@ pub struct Ack {
     pub ledger_seq: u64,
     /// The interval it is for.
     pub interval_start: i64,
+    /// The operator's signed receipt (check it with [`crate::verify_receipt`], keep it with
+    /// [`crate::write_receipt`]). `None` when the acknowledgement was rebuilt from the server's
+    /// books (a resend found the order already accepted: the first answer, which carried the
+    /// receipt, was lost) or the server sent none or an unreadable one.
+    pub receipt: Option<Receipt>,
 }
 
 impl From<pb::SubmitOrderResponse> for Ack {
@@ -154,6 +163,7 @@ impl From<pb::SubmitOrderResponse> for Ack {
             order_id: r.order_id,
             ledger_seq: r.ledger_seq,
             interval_start: r.interval_start,
+            receipt: r.receipt.as_ref().and_then(|p| Receipt::from_proto(p).ok()),
         }
     }
 }
@@ -479,6 +489,7 @@ impl MarketClient {
                         order_id: info.order_id,
                         ledger_seq: info.ledger_seq,
                         interval_start: info.interval_start,
+                        receipt: None,
                     }));
                 }
                 // The nonce went to another order of this participant.
@@ -495,7 +506,8 @@ impl MarketClient {
     }
 
     /// Submits several orders in `SubmitOrders` streams of at most
-    /// [`SUBMIT_STREAM_ORDERS_MAX`], one outcome per order, in order. Each order is signed
+    /// [`SUBMIT_ORDERS_RECEIPTS_MAX`] (so every ack carries its receipt), one outcome per
+    /// order, in order. Each order is signed
     /// once with consecutive nonces; a stream that fails transiently is resent as is, and
     /// orders the resend finds already accepted are acknowledged from the ledger.
     pub async fn submit_many(
@@ -503,7 +515,7 @@ impl MarketClient {
         orders: Vec<NewOrder>,
     ) -> Result<Vec<Result<Ack, ClientError>>, ClientError> {
         let mut out = Vec::with_capacity(orders.len());
-        for chunk in orders.chunks(SUBMIT_STREAM_ORDERS_MAX) {
+        for chunk in orders.chunks(SUBMIT_ORDERS_RECEIPTS_MAX) {
             let first = self.nonces.reserve(chunk.len() as u64);
             let protos: Vec<pb::Order> = chunk
                 .iter()
