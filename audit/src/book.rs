@@ -230,7 +230,10 @@ struct Gate {
 /// The minimal view of a result the binding needs.
 #[derive(Deserialize)]
 struct ResultBook {
+    #[serde(default)]
     orders: Vec<ResultOrder>,
+    /// Absent when the market has no flexibility.
+    #[serde(default)]
     flex_offers: Vec<ResultOrder>,
 }
 
@@ -409,10 +412,13 @@ impl Binding {
             ));
         }
         self.open_index.insert(o.id.clone(), o.interval_start);
-        self.open
-            .entry(o.interval_start)
-            .or_default()
-            .insert(o.id.clone(), Open { seq: e.seq, order: o });
+        self.open.entry(o.interval_start).or_default().insert(
+            o.id.clone(),
+            Open {
+                seq: e.seq,
+                order: o,
+            },
+        );
         Ok(())
     }
 
@@ -589,7 +595,9 @@ impl Binding {
 
     fn result(&mut self, e: &EntryView<'_>, t: i64) -> Result<(), String> {
         let Some(gate) = self.gates.get_mut(&t).filter(|g| g.input_seq.is_some()) else {
-            return Err(format!("interval {t}: result without an interval_input before it"));
+            return Err(format!(
+                "interval {t}: result without an interval_input before it"
+            ));
         };
         if gate.result.is_some() {
             return Err(format!("interval {t}: a second result without a new input"));
@@ -633,7 +641,10 @@ impl Binding {
                     ));
                 };
                 if !seen.insert(o.id.as_str()) {
-                    return Err(format!("interval {t}: order {:?} is in the book twice", o.id));
+                    return Err(format!(
+                        "interval {t}: order {:?} is in the book twice",
+                        o.id
+                    ));
                 }
                 if is_flex != flex {
                     return Err(format!(
@@ -661,7 +672,11 @@ impl Binding {
         if let Some(m) = gate.mismatch.take() {
             return Err(m);
         }
-        gate.result = Some(if self.keep { e.body.to_vec() } else { Vec::new() });
+        gate.result = Some(if self.keep {
+            e.body.to_vec()
+        } else {
+            Vec::new()
+        });
         Ok(())
     }
 
@@ -670,10 +685,7 @@ impl Binding {
         if account == NETWORK_OPERATOR_ACCOUNT || account == ROUNDING_ACCOUNT {
             return true;
         }
-        let market = gate
-            .operator_market
-            .as_ref()
-            .or(gate.network.as_deref());
+        let market = gate.operator_market.as_ref().or(gate.network.as_deref());
         if let Some(grid) = account.strip_prefix(GRID_ACCOUNT_PREFIX) {
             return market.is_some_and(|m| m.grid_connections.iter().any(|g| g.id == grid));
         }
@@ -733,7 +745,9 @@ impl Binding {
             let market = match &gate.operator_market {
                 Some(m) => m.clone(),
                 None => market_spec(
-                    gate.network.as_deref().expect("signed gates have a network"),
+                    gate.network
+                        .as_deref()
+                        .expect("signed gates have a network"),
                     gate.book.values().map(|o| &o.order),
                 ),
             };

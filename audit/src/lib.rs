@@ -19,8 +19,7 @@ use baton_ledger::audit::{
     EntryCheck, EntryView, FailureReason, VerifyFailure, VerifyOptions, VerifyReport,
 };
 use baton_ledger::{
-    Checkpoint, EntryKind, Ledger, LedgerError, PublicKey, SignedMessageBody,
-    ENTRIES_PER_READ_MAX,
+    Checkpoint, EntryKind, Ledger, LedgerError, PublicKey, SignedMessageBody, ENTRIES_PER_READ_MAX,
 };
 
 pub mod book;

@@ -23,11 +23,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use baton_engine::MarketSpec;
 use baton_engine::study::RESULT_FORMAT;
 use baton_engine::units::{round_at, MONEY_SCALE};
-use baton_ledger::{SignedMessageBody, 
-    Checkpoint, Entry, EntryKind, Ledger, LedgerError, SettlementBody, ENTRIES_PER_READ_MAX,
+use baton_engine::MarketSpec;
+use baton_ledger::{
+    Checkpoint, Entry, EntryKind, Ledger, LedgerError, SettlementBody, SignedMessageBody,
+    ENTRIES_PER_READ_MAX,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -506,9 +507,10 @@ impl ReportBuilder {
             None => {
                 self.participants
                     .extend(self.signers.remove(&t).unwrap_or_default());
-                self.gated.get(&t).copied().ok_or_else(|| {
-                    entry_error(e, "no gate_closed entry in a network before it")
-                })?
+                self.gated
+                    .get(&t)
+                    .copied()
+                    .ok_or_else(|| entry_error(e, "no gate_closed entry in a network before it"))?
             }
         };
         let facts = InputFacts {

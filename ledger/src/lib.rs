@@ -56,8 +56,8 @@ pub mod merkle;
 mod store;
 
 pub use body::{
-    signed_book_digest, Amount, BookSource, CorrectionBody, GateClosedBody, ParticipantBody, ParticipantStatus, Posting, SettlementBody,
-    SignedMessageBody, AMOUNT_SCALE,
+    signed_book_digest, Amount, BookSource, CorrectionBody, GateClosedBody, ParticipantBody,
+    ParticipantStatus, Posting, SettlementBody, SignedMessageBody, AMOUNT_SCALE,
 };
 pub use checkpoint::Checkpoint;
 pub use entry::{Entry, EntryKind, Hash, NewEntry};

@@ -7,8 +7,8 @@ use baton_engine::model::BlockSpec;
 use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
 use baton_engine::{MarketSpec, Side};
 use baton_ledger::{
-    EntryKind, GateClosedBody, Ledger, LedgerError, ParticipantBody, ParticipantStatus, SignedMessageBody,
-    ENTRIES_PER_READ_MAX,
+    EntryKind, GateClosedBody, Ledger, LedgerError, ParticipantBody, ParticipantStatus,
+    SignedMessageBody, ENTRIES_PER_READ_MAX,
 };
 use baton_proto::v1 as pb;
 use ed25519_dalek::VerifyingKey;

@@ -180,7 +180,11 @@ pub(crate) async fn clear_interval(
             let seqs: Vec<u64> = orders.iter().map(|o| o.ledger_seq).collect();
             let r = shared
                 .ledger
-                .append(vec![baton_audit::record::signed_gate(s, network_seq, &seqs)])
+                .append(vec![baton_audit::record::signed_gate(
+                    s,
+                    network_seq,
+                    &seqs,
+                )])
                 .await?;
             shared.lock().gated.insert(s, r.first_seq);
         }

@@ -71,7 +71,7 @@ fn record_and_audit(db: &str, dir: &Path) -> String {
     let pubkey = public.to_str().unwrap();
     let v = ok(&["audit", "verify", "--db", db, "--operator-pubkey", pubkey]);
     assert!(
-        v.starts_with("ledger verified: 6 entries, 2 intervals, 2 checkpoints"),
+        v.starts_with("ledger verified: 8 entries, 2 intervals, 2 checkpoints"),
         "{v}"
     );
     let r = ok(&["audit", "reclear", "--db", db]);
@@ -79,7 +79,7 @@ fn record_and_audit(db: &str, dir: &Path) -> String {
         r.contains("reclear: 2 interval(s) reproduced exactly"),
         "{r}"
     );
-    let proof = ok(&["audit", "prove", "--db", db, "--seq", "5"]);
+    let proof = ok(&["audit", "prove", "--db", db, "--seq", "7"]);
     let proof_path = dir.join("proof.json");
     std::fs::write(&proof_path, &proof).unwrap();
     let c = ok(&[
@@ -89,7 +89,7 @@ fn record_and_audit(db: &str, dir: &Path) -> String {
         "--operator-pubkey",
         pubkey,
     ]);
-    assert!(c.contains("entry 5 (interval_result) is included"), "{c}");
+    assert!(c.contains("entry 7 (interval_result) is included"), "{c}");
     // A proof checked against another operator's key fails.
     let other = dir.join("other");
     ok(&["keys", "generate", "--out", other.to_str().unwrap()]);
@@ -102,11 +102,11 @@ fn record_and_audit(db: &str, dir: &Path) -> String {
     ]);
     assert!(e.contains("proof does not verify"), "{e}");
     let jsonl = ok(&["audit", "export", "--db", db, "--format", "jsonl"]);
-    assert_eq!(jsonl.lines().count(), 6);
+    assert_eq!(jsonl.lines().count(), 8);
     let csv = ok(&[
-        "audit", "export", "--db", db, "--format", "csv", "--from", "4",
+        "audit", "export", "--db", db, "--format", "csv", "--from", "6",
     ]);
-    assert_eq!(csv.lines().count(), 4, "header + entries 4..=6");
+    assert_eq!(csv.lines().count(), 4, "header + entries 6..=8");
     pubkey.to_string()
 }
 
@@ -141,7 +141,7 @@ fn tamper_then_audit(db: &str, pubkey: &str, drop_guards: &[&str], change: &str)
     statements.push(change);
     rt.block_on(raw(db, &statements));
     let e = fails(&["audit", "verify", "--db", db, "--operator-pubkey", pubkey]);
-    assert!(e.contains("verification failed: seq 5"), "{e}");
+    assert!(e.contains("verification failed: seq 7"), "{e}");
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_sqlite() {
     let ledger = support::TempLedger::sqlite();
     let (db, dir) = (ledger.url.clone(), ledger.dir().unwrap());
     let pubkey = record_and_audit(&db, dir);
-    // A regulator's copy altered behind the program's back: the result of interval 2 (seq 5)
+    // A regulator's copy altered behind the program's back: the result of interval 2 (seq 7)
     // rewritten to claim another price.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,7 +172,7 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_sqlite() {
         &db,
         &pubkey,
         &drops,
-        "UPDATE entries SET body = CAST(REPLACE(CAST(body AS TEXT), '0.350000', '0.340000') AS BLOB) WHERE seq = 5",
+        "UPDATE entries SET body = CAST(REPLACE(CAST(body AS TEXT), '0.350000', '0.340000') AS BLOB) WHERE seq = 7",
     );
 }
 
@@ -206,7 +206,7 @@ fn clear_record_verify_reclear_prove_and_catch_tampering_on_postgres() {
         &db,
         &pubkey,
         &drops,
-        "UPDATE entries SET body = convert_to(replace(convert_from(body, 'UTF8'), '0.350000', '0.340000'), 'UTF8') WHERE seq = 5",
+        "UPDATE entries SET body = convert_to(replace(convert_from(body, 'UTF8'), '0.350000', '0.340000'), 'UTF8') WHERE seq = 7",
     );
 }
 
@@ -223,12 +223,15 @@ fn reclear_catches_an_operator_who_signed_a_wrong_price() {
     let market = Market::new(&spec).unwrap();
     let (c, _) = clear(&market).unwrap();
     let s = settle(&market, &c);
-    let mut entries =
-        baton_audit::record::interval_entries(1800000000, &spec, false, &market, &c, &s).unwrap();
-    let forged = String::from_utf8(entries[1].body.clone())
+    let mut entries = vec![baton_audit::record::operator_gate(1800000000, &spec)];
+    entries.extend(
+        baton_audit::record::interval_entries(1800000000, Some(&spec), false, &market, &c, &s)
+            .unwrap(),
+    );
+    let forged = String::from_utf8(entries[2].body.clone())
         .unwrap()
         .replacen("\"lmp\": 0.350000", "\"lmp\": 0.450000", 1);
-    entries[1].body = forged.into_bytes();
+    entries[2].body = forged.into_bytes();
     let keys = dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let key = OperatorKey::generate_to_dir(&keys).unwrap();

@@ -7,6 +7,7 @@
 mod admin_cli;
 mod agents;
 mod audit_cli;
+mod book_binding;
 mod cli;
 mod client;
 mod demo;

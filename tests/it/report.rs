@@ -142,8 +142,8 @@ fn summaries_match_the_hand_worked_two_node_market() {
     assert_eq!((r.facts.nodes, r.facts.lines), (2, 1));
     assert_eq!(r.facts.grid_connections, 1);
     assert_eq!(r.facts.participants, 4);
-    assert_eq!(r.facts.ledger_entries, 6);
-    assert_eq!(r.facts.checkpoint_size, Some(6));
+    assert_eq!(r.facts.ledger_entries, 8);
+    assert_eq!(r.facts.checkpoint_size, Some(8));
     assert_eq!((r.units.power, r.units.energy), ("kW", "kWh"));
 
     // The text table as the binary prints it.
@@ -152,7 +152,7 @@ fn summaries_match_the_hand_worked_two_node_market() {
     assert_eq!(lines[0], "market: two-node");
     assert_eq!(
         lines[1],
-        "2 interval(s), 2027-01-15 08:00 to 08:05 UTC (5 min); ledger 6 entries"
+        "2 interval(s), 2027-01-15 08:00 to 08:05 UTC (5 min); ledger 8 entries"
     );
     for l in &lines {
         assert!(l.chars().count() <= 100, "wider than 100: {l:?}");
@@ -224,7 +224,7 @@ fn html_has_a_priced_cell_per_node_and_interval_and_is_self_contained() {
     ]);
     assert!(
         stdout.contains(
-            "audit passed: ledger verified (6 entries, 2 checkpoints, 0 participant signatures, \
+            "audit passed: ledger verified (8 entries, 2 checkpoints, 0 participant signatures, \
 12 postings); 2 interval(s) re-cleared exactly"
         ),
         "{stdout}"
@@ -258,7 +258,7 @@ fn html_has_a_priced_cell_per_node_and_interval_and_is_self_contained() {
     assert!(html.contains("<title>2027-01-15 08:00 UTC: grid import 1.666667 kWh</title>"));
     assert!(html
         .contains("<tr><td class=\"l\">A-B</td><td>2</td><td class=\"l\">08:00, 08:05</td></tr>"));
-    assert!(html.contains("<p class=\"audit ok\">Audit passed: ledger verified (6 entries"));
+    assert!(html.contains("<p class=\"audit ok\">Audit passed: ledger verified (8 entries"));
     // Self-contained: nothing is fetched, nothing runs.
     let without_ns = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
     for banned in [

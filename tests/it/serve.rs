@@ -290,37 +290,19 @@ async fn check_ledger(
     intervals_min: usize,
     operator: &baton_ledger::PublicKey,
 ) -> Vec<i64> {
-    let report = baton_ledger::audit::verify(db_url, operator, None)
+    // The whole audit: chain, signatures, zero-sum and every book bound to its signed orders.
+    let report = baton_audit::verify(db_url, operator, Vec::new())
         .await
         .unwrap_or_else(|e| panic!("ledger verifies: {e}"));
-    assert!(report.participant_signatures >= 1);
-    let ledger = Ledger::open_existing(db_url).await.unwrap();
-    let entries = all_entries(&ledger).await;
-    ledger.close().await;
-    let mut intervals = Vec::new();
-    for e in entries
+    assert!(report.ledger.participant_signatures >= 1);
+    assert!(report.binding.in_progress.is_empty(), "{report}");
+    let intervals: Vec<i64> = baton_audit::reclear_ledger(db_url, None)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
         .iter()
-        .filter(|e| e.kind == EntryKind::IntervalInput)
-    {
-        let s = e.interval_start.unwrap();
-        let body = |k: EntryKind| {
-            entries
-                .iter()
-                .find(|x| x.kind == k && x.interval_start == Some(s))
-                .unwrap_or_else(|| panic!("interval {s}: no {k:?}"))
-                .body
-                .clone()
-        };
-        let r = baton_audit::record::reclear(
-            s,
-            &e.body,
-            &body(EntryKind::IntervalResult),
-            &body(EntryKind::Settlement),
-        )
-        .unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(r.interval, s);
-        intervals.push(s);
-    }
+        .map(|r| r.interval)
+        .collect();
+    assert_eq!(report.binding.intervals, intervals.len() as u64);
     let mut unique = intervals.clone();
     unique.dedup();
     assert_eq!(unique, intervals, "an interval was recorded twice");
@@ -1087,11 +1069,10 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
     let mut cleared_orders = std::collections::BTreeMap::new();
     for e in entries
         .iter()
-        .filter(|e| e.kind == EntryKind::IntervalInput)
+        .filter(|e| e.kind == EntryKind::IntervalResult)
     {
-        let input: baton_audit::record::IntervalInput = serde_json::from_slice(&e.body).unwrap();
-        for o in input.market.orders {
-            *cleared_orders.entry(o.id).or_insert(0) += 1;
+        for id in book_ids(&e.body) {
+            *cleared_orders.entry(id).or_insert(0) += 1;
         }
     }
     for a in &acked {
@@ -1199,13 +1180,11 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
             .count();
         assert_eq!(n, 1, "interval {target}: {n} {kind:?} entries");
     }
-    let input = entries
+    let result = entries
         .iter()
-        .find(|e| e.kind == EntryKind::IntervalInput && e.interval_start == Some(target))
+        .find(|e| e.kind == EntryKind::IntervalResult && e.interval_start == Some(target))
         .unwrap();
-    let input: baton_audit::record::IntervalInput = serde_json::from_slice(&input.body).unwrap();
-    let in_book: std::collections::HashSet<String> =
-        input.market.orders.into_iter().map(|o| o.id).collect();
+    let in_book: std::collections::HashSet<String> = book_ids(&result.body).into_iter().collect();
     for a in &acked {
         assert!(
             in_book.contains(&a.order_id),
@@ -1395,4 +1374,14 @@ fn a_baton_serve_whose_scheduler_dies_exits_non_zero_with_the_reason() {
         last.starts_with("baton: error: market halted: ") && last.contains("scheduler"),
         "{stderr:#?}"
     );
+}
+
+/// The ids of the orders and flexibility offers a recorded result lists: the cleared book.
+fn book_ids(result: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(result).unwrap();
+    ["orders", "flex_offers"]
+        .iter()
+        .flat_map(|k| v[*k].as_array().cloned().unwrap_or_default())
+        .map(|o| o["id"].as_str().unwrap().to_string())
+        .collect()
 }
