@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_engine::model::BlockSpec;
-use baton_engine::units::{PRICE_SCALE, QUANTITY_SCALE};
-use baton_engine::{MarketSpec, Side};
+use baton_engine::MarketSpec;
 use baton_ledger::{
     EntryKind, GateClosedBody, Ledger, LedgerError, ParticipantBody, ParticipantStatus,
     SignedMessageBody, ENTRIES_PER_READ_MAX,
@@ -15,8 +13,7 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
 use super::state::{
-    order_id, parse_decimal, MarketState, OrderRecord, OrderStatus, Participant,
-    ParticipantDetails, Product,
+    MarketState, OrderRecord, OrderStatus, Participant, ParticipantDetails, Product,
 };
 
 /// What the rebuild read, beyond the market state.
@@ -176,7 +173,7 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
             };
             let nonce = st.nonces.entry(signed.participant_id.clone()).or_default();
             *nonce = (*nonce).max(order.nonce);
-            let Some(record) = record_from_wire(&order) else {
+            let Some(record) = record_from_wire(&signed.payload) else {
                 tracing::warn!(seq, "order entry with unreadable fields");
                 return;
             };
@@ -234,36 +231,22 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
     }
 }
 
-/// The record of an order as it was accepted (its fields passed intake then).
-pub(crate) fn record_from_wire(order: &pb::Order) -> Option<OrderRecord> {
-    let side = match pb::Side::try_from(order.side).ok()? {
-        pb::Side::Buy => Side::Buy,
-        pb::Side::Sell => Side::Sell,
-        pb::Side::Unspecified => return None,
-    };
-    let blocks = order
-        .blocks
-        .iter()
-        .map(|b| {
-            Some(BlockSpec {
-                quantity: parse_decimal("quantity", &b.quantity, QUANTITY_SCALE).ok()?,
-                price: if b.price.is_empty() {
-                    None
-                } else {
-                    Some(parse_decimal("price", &b.price, PRICE_SCALE).ok()?)
-                },
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
+/// The record of an order as it was accepted (its fields passed intake then), read by the
+/// audit's one decoding of signed order bytes.
+pub(crate) fn record_from_wire(payload: &[u8]) -> Option<OrderRecord> {
+    let o = baton_audit::book::SignedOrder::decode(payload).ok()?;
     Some(OrderRecord {
-        id: order_id(&order.participant_id, order.nonce),
-        participant: order.participant_id.clone(),
-        interval_start: order.interval_start,
-        node: order.node.clone(),
-        side,
-        product: Product::from_wire(order.product)?,
-        blocks,
-        device: order.device.clone(),
+        id: o.id,
+        participant: o.participant,
+        interval_start: o.interval_start,
+        node: o.node,
+        side: o.side,
+        product: match o.product {
+            baton_audit::book::Product::Energy => Product::Energy,
+            baton_audit::book::Product::Flex(d) => Product::Flex(d),
+        },
+        blocks: o.blocks,
+        device: o.device,
         status: OrderStatus::Open,
         ledger_seq: 0,
         accepted: Vec::new(),

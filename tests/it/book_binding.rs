@@ -360,6 +360,25 @@ on_both_backends! {
         assert!(err.contains("binds 2 orders"), "{err}");
         assert!(err.contains("are 3"), "{err}");
     };
+    a_gate_naming_a_network_no_longer_in_force_is_caught => |b: fn() -> Option<TempLedger>| async move {
+        // The operator installs a second network before the gate but clears in the first.
+        let Some((src, dst)) = b().zip(b()) else { return };
+        let mut entries = honest(&src).await;
+        let net = position(&entries, |e| e.kind == EntryKind::Network);
+        let g = position(&entries, |e| e.kind == EntryKind::GateClosed);
+        let again = entries[net].clone();
+        entries.insert(g, again);
+        regate(&mut entries);
+        let g = position(&entries, |e| e.kind == EntryKind::GateClosed);
+        let mut body = GateClosedBody::from_bytes(&entries[g].body).unwrap();
+        body.network_seq = net as u64 + 1;
+        entries[g].body = body.to_bytes();
+        re_sign(entries, &dst).await;
+        let key = support::operator().public_key();
+        let err = baton_audit::verify(&dst.url, &key, Vec::new()).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("names network seq {}", net + 1)), "{err}");
+        assert!(err.contains(&format!("in force is seq {}", g)), "{err}");
+    };
     an_interval_recorded_twice_is_caught => |b| async move {
         caught(
             dishonest(b, |entries| {
