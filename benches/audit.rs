@@ -45,7 +45,9 @@ fn build(orders: usize, per_interval: usize) -> Vec<NewEntry> {
         .enumerate()
         .map(|(i, k)| {
             NewEntry::participant(&ParticipantBody {
-                details: Some(serde_json::json!({"node": if i % 2 == 0 { "A" } else { "B" }})),
+                details: Some(
+                    serde_json::json!({"node": if i.is_multiple_of(2) { "A" } else { "B" }}),
+                ),
                 participant_id: format!("p{i}"),
                 public_key: k.verifying_key().to_bytes(),
                 status: ParticipantStatus::Active,
@@ -75,8 +77,8 @@ fn build(orders: usize, per_interval: usize) -> Vec<NewEntry> {
                 participant_id: format!("p{p}"),
                 nonce: nonce[p],
                 interval_start: interval,
-                node: if p % 2 == 0 { "A" } else { "B" }.into(),
-                side: if p % 2 == 0 {
+                node: if p.is_multiple_of(2) { "A" } else { "B" }.into(),
+                side: if p.is_multiple_of(2) {
                     pb::Side::Sell
                 } else {
                     pb::Side::Buy

@@ -3,32 +3,9 @@
 //! re-clear, prove; then tamper behind the program's back and watch the audit name it.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+use crate::{fails, ok};
 use sqlx::AssertSqlSafe;
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(crate::BATON)
-        .args(args)
-        .output()
-        .expect("runs baton")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = baton(args);
-    assert!(
-        out.status.success(),
-        "baton {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = baton(args);
-    assert!(!out.status.success(), "baton {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn scenario(name: &str) -> String {
     support::scenario_path(name).display().to_string()

@@ -88,14 +88,7 @@ async fn honest(ledger: &TempLedger) -> Vec<Entry> {
     assert_eq!(cleared.interval_start, OPEN);
     server.stop().await;
     let l = Ledger::open_existing(&ledger.url).await.unwrap();
-    let head = l.head().await.unwrap().unwrap().seq;
-    let mut entries = Vec::new();
-    let mut seq = 1;
-    while seq <= head {
-        let page = l.entries(seq, head).await.unwrap();
-        seq = page.last().unwrap().seq + 1;
-        entries.extend(page);
-    }
+    let entries = support::all_entries(&l).await;
     l.close().await;
     entries
 }
@@ -176,25 +169,6 @@ fn regate(entries: &mut [Entry]) {
     }
 }
 
-/// Appends `entries` afresh into `to` with the operator key: every hash, root and checkpoint
-/// signature is valid.
-async fn re_sign(entries: Vec<Entry>, to: &TempLedger) {
-    let l = Ledger::open(&to.url)
-        .await
-        .unwrap()
-        .with_operator(support::operator(), "baton/ledger")
-        .unwrap();
-    l.append(
-        entries
-            .into_iter()
-            .map(|e| NewEntry::new(e.kind, e.interval_start, e.body))
-            .collect(),
-    )
-    .await
-    .unwrap();
-    l.close().await;
-}
-
 /// What the ledger's own verification, the full audit and the re-clear said (`None`: the
 /// backend is not available).
 type Outcome = Option<(Result<(), String>, Result<(), String>, Result<(), String>)>;
@@ -209,7 +183,7 @@ async fn dishonest(
     let mut entries = honest(&src).await;
     attack(&mut entries);
     regate(&mut entries);
-    re_sign(entries, &dst).await;
+    support::re_sign(entries, &dst.url).await;
     let key = support::operator().public_key();
     let ledger_only = baton_ledger::audit::verify(&dst.url, &key, None)
         .await
@@ -354,7 +328,7 @@ on_both_backends! {
         let mut body = GateClosedBody::from_bytes(&entries[g].body).unwrap();
         body.orders = 2;
         entries[g].body = body.to_bytes();
-        re_sign(entries, &dst).await;
+        support::re_sign(entries, &dst.url).await;
         let key = support::operator().public_key();
         let err = baton_audit::verify(&dst.url, &key, Vec::new()).await.unwrap_err().to_string();
         assert!(err.contains("binds 2 orders"), "{err}");
@@ -373,7 +347,7 @@ on_both_backends! {
         let mut body = GateClosedBody::from_bytes(&entries[g].body).unwrap();
         body.network_seq = net as u64 + 1;
         entries[g].body = body.to_bytes();
-        re_sign(entries, &dst).await;
+        support::re_sign(entries, &dst.url).await;
         let key = support::operator().public_key();
         let err = baton_audit::verify(&dst.url, &key, Vec::new()).await.unwrap_err().to_string();
         assert!(err.contains(&format!("names network seq {}", net + 1)), "{err}");

@@ -1,15 +1,9 @@
 //! The `baton` binary as a user runs it: bad input is refused with a message naming the
 //! record, good input clears to the same bytes every time and whatever the record order.
 
+use crate::baton;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(crate::BATON)
-        .args(args)
-        .output()
-        .expect("runs baton")
-}
+use std::process::Output;
 
 fn root() -> PathBuf {
     support::repo().to_path_buf()

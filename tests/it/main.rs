@@ -21,3 +21,33 @@ mod witness;
 
 /// The `baton` binary Cargo built for these tests.
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+/// Runs the built `baton` with `args`.
+fn baton(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BATON)
+        .args(args)
+        .output()
+        .expect("runs baton")
+}
+
+/// Runs `baton args`, which must succeed; its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = baton(args);
+    assert!(
+        out.status.success(),
+        "baton {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `baton args`, which must fail; its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = baton(args);
+    assert!(
+        !out.status.success(),
+        "baton {args:?} should fail; it printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}

@@ -14,7 +14,7 @@ use baton_client::{
     MarketClient, NewOrder, NewParticipant, ParticipantKey, Receipt, Verdict,
 };
 use baton_ledger::audit::InclusionProof;
-use baton_ledger::{Entry, Ledger, NewEntry};
+use baton_ledger::{Entry, Ledger};
 use baton_proto::receipt::{judge_order_entry, EntryView};
 use support::{INTERVAL_S, OPERATOR_SEED, T0};
 use tokio_stream::StreamExt;
@@ -250,31 +250,11 @@ async fn rewrite(
     change: impl FnOnce(&mut Vec<Entry>),
 ) -> String {
     let from = Ledger::open_existing(src).await.unwrap();
-    let head = from.head().await.unwrap().unwrap().seq;
-    let mut entries = Vec::new();
-    let mut seq = 1;
-    while seq <= head {
-        let page = from.entries(seq, head).await.unwrap();
-        seq = page.last().unwrap().seq + 1;
-        entries.extend(page);
-    }
+    let mut entries = support::all_entries(&from).await;
     from.close().await;
     change(&mut entries);
     let url = format!("sqlite://{}", dir.join(name).display());
-    let to = Ledger::open(&url)
-        .await
-        .unwrap()
-        .with_operator(support::operator(), "baton/ledger")
-        .unwrap();
-    to.append(
-        entries
-            .into_iter()
-            .map(|e| NewEntry::new(e.kind, e.interval_start, e.body))
-            .collect(),
-    )
-    .await
-    .unwrap();
-    to.close().await;
+    support::re_sign(entries, &url).await;
     url
 }
 

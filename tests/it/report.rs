@@ -3,28 +3,11 @@
 //! map cell by cell, byte-identical reruns, the audit line, and hostile ids escaped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::{baton, ok};
 use baton_audit::summary::{self as report, IntervalStatus, Report};
 use rust_decimal::Decimal;
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(crate::BATON)
-        .args(args)
-        .output()
-        .expect("runs baton")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = baton(args);
-    assert!(
-        out.status.success(),
-        "baton {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()

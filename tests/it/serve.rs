@@ -272,18 +272,6 @@ async fn end_to_end(db_url: String) {
 }
 
 /// Every entry, paging through the ledger's read limit.
-async fn all_entries(ledger: &Ledger) -> Vec<baton_ledger::Entry> {
-    let mut out: Vec<baton_ledger::Entry> = Vec::new();
-    loop {
-        let from = out.last().map_or(1, |e| e.seq + 1);
-        let page = ledger.entries(from, u64::MAX).await.unwrap();
-        if page.is_empty() {
-            return out;
-        }
-        out.extend(page);
-    }
-}
-
 /// Verifies the ledger offline and re-clears every recorded interval; returns the intervals.
 async fn check_ledger(
     db_url: &str,
@@ -1057,7 +1045,7 @@ async fn a_killed_server_keeps_every_acknowledged_order_and_clears_each_interval
 
     let url = support::sqlite_url(dir.path());
     let ledger = Ledger::open_existing(&url).await.unwrap();
-    let entries = all_entries(&ledger).await;
+    let entries = support::all_entries(&ledger).await;
     ledger.close().await;
     for a in &acked {
         let e = &entries[(a.ledger_seq - 1) as usize];
@@ -1167,7 +1155,7 @@ async fn a_server_killed_while_clearing_records_the_interval_once_after_restart(
     c.terminate();
 
     let ledger = Ledger::open_existing(&url).await.unwrap();
-    let entries = all_entries(&ledger).await;
+    let entries = support::all_entries(&ledger).await;
     ledger.close().await;
     for kind in [
         EntryKind::IntervalInput,

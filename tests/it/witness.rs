@@ -5,8 +5,9 @@
 //! consistency-proof RPC refuses what it cannot prove, naming the field.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use crate::{fails, ok};
 use baton_audit::witness;
 use baton_ledger::{merkle, Checkpoint, Ledger, NewEntry, ParticipantBody};
 use baton_proto::v1 as pb;
@@ -15,33 +16,6 @@ use pb::audit_service_client::AuditServiceClient;
 use support::{key, sign_order, TempLedger, INTERVAL_S, T0};
 use tonic::transport::Channel;
 use tonic::Code;
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(crate::BATON)
-        .args(args)
-        .output()
-        .expect("runs baton")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = baton(args);
-    assert!(
-        out.status.success(),
-        "baton {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = baton(args);
-    assert!(
-        !out.status.success(),
-        "baton {args:?} should fail; it printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn operator_hex() -> String {
     support::operator().public_key().to_hex()

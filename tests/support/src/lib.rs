@@ -506,3 +506,39 @@ fn on_own_runtime(f: impl std::future::Future<Output = ()> + Send + 'static) {
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
+
+/// Every entry of an open ledger, page by page.
+pub async fn all_entries(ledger: &baton_ledger::Ledger) -> Vec<baton_ledger::Entry> {
+    let mut out: Vec<baton_ledger::Entry> = Vec::new();
+    loop {
+        let from = out.last().map_or(1, |e| e.seq + 1);
+        let page = ledger
+            .entries(from, u64::MAX)
+            .await
+            .expect("reading the ledger");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Appends `entries` afresh into the empty ledger at `url` with the test operator's key, as a
+/// dishonest operator rewriting history would: every hash, Merkle root and checkpoint
+/// signature of the result is valid.
+pub async fn re_sign(entries: Vec<baton_ledger::Entry>, url: &str) {
+    let l = baton_ledger::Ledger::open(url)
+        .await
+        .expect("opening the rewritten ledger")
+        .with_operator(operator(), "baton/ledger")
+        .expect("the origin");
+    l.append(
+        entries
+            .into_iter()
+            .map(|e| baton_ledger::NewEntry::new(e.kind, e.interval_start, e.body))
+            .collect(),
+    )
+    .await
+    .expect("appending the rewritten entries");
+    l.close().await;
+}
