@@ -86,17 +86,27 @@ impl SignedOrder {
     /// Decodes the exact bytes a participant signed (a serialized `baton.v1.Order`).
     pub fn decode(payload: &[u8]) -> Result<SignedOrder, String> {
         let o = pb::Order::decode(payload).map_err(|e| format!("payload is not an Order: {e}"))?;
+        SignedOrder::from_wire(o)
+    }
+
+    /// What an order's product is.
+    fn product(o: &pb::Order) -> Result<Product, String> {
+        Ok(match pb::Product::try_from(o.product) {
+            Ok(pb::Product::Unspecified | pb::Product::Energy) => Product::Energy,
+            Ok(pb::Product::FlexUp) => Product::Flex(Direction::Up),
+            Ok(pb::Product::FlexDown) => Product::Flex(Direction::Down),
+            Err(_) => return Err(format!("product {} is unknown", o.product)),
+        })
+    }
+
+    /// The decoded order, its numbers parsed by the wire's one grammar.
+    pub fn from_wire(o: pb::Order) -> Result<SignedOrder, String> {
         let side = match pb::Side::try_from(o.side) {
             Ok(pb::Side::Buy) => Side::Buy,
             Ok(pb::Side::Sell) => Side::Sell,
             _ => return Err(format!("side {} is not SIDE_BUY or SIDE_SELL", o.side)),
         };
-        let product = match pb::Product::try_from(o.product) {
-            Ok(pb::Product::Unspecified | pb::Product::Energy) => Product::Energy,
-            Ok(pb::Product::FlexUp) => Product::Flex(Direction::Up),
-            Ok(pb::Product::FlexDown) => Product::Flex(Direction::Down),
-            Err(_) => return Err(format!("product {} is unknown", o.product)),
-        };
+        let product = SignedOrder::product(&o)?;
         let blocks = o
             .blocks
             .iter()
@@ -196,7 +206,10 @@ pub struct BoundInterval {
 #[derive(Clone, Debug)]
 struct Open {
     seq: u64,
-    order: SignedOrder,
+    flex: bool,
+    blocks: usize,
+    /// The whole order, kept only to rebuild the market ([`Binding::rebuilding`]).
+    order: Option<SignedOrder>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -213,7 +226,7 @@ struct Gate {
     /// The gate body's count and digest.
     claimed: (u64, [u8; 32]),
     /// Signed books: the orders, by id.
-    book: BTreeMap<String, Open>,
+    book: HashMap<String, Open>,
     network: Option<Arc<MarketSpec>>,
     /// Why the gate's count or digest disagrees with the signed orders, if it does; reported
     /// once the recorded result shows which orders differ, or at the end.
@@ -278,7 +291,7 @@ pub struct Binding {
     network_operators: HashSet<String>,
     nonces: HashMap<String, u64>,
     network: Option<(u64, Arc<MarketSpec>)>,
-    open: BTreeMap<i64, BTreeMap<String, Open>>,
+    open: BTreeMap<i64, HashMap<String, Open>>,
     /// Open order id → its interval.
     open_index: HashMap<String, i64>,
     gates: BTreeMap<i64, Gate>,
@@ -347,7 +360,10 @@ impl Binding {
     }
 
     fn next_nonce(&mut self, participant: &str, nonce: u64) -> Result<(), String> {
-        let last = self.nonces.entry(participant.to_string()).or_insert(0);
+        let last = match self.nonces.get_mut(participant) {
+            Some(last) => last,
+            None => self.nonces.entry(participant.to_string()).or_insert(0),
+        };
         if nonce <= *last {
             return Err(format!(
                 "nonce {nonce} of participant {participant:?} does not increase (the last was {last})"
@@ -359,64 +375,74 @@ impl Binding {
 
     fn order(&mut self, e: &EntryView<'_>) -> Result<(), String> {
         let signed = e.signed.ok_or("order entry without a signed body")?;
-        let o = SignedOrder::decode(&signed.payload)?;
-        if o.participant != signed.participant_id {
+        let o = pb::Order::decode(signed.payload.as_slice())
+            .map_err(|err| format!("payload is not an Order: {err}"))?;
+        let id = wire::order_id(&o.participant_id, o.nonce);
+        if o.participant_id != signed.participant_id {
             return Err(format!(
-                "order {} names participant {:?} but the entry is signed by {:?}",
-                o.id, o.participant, signed.participant_id
+                "order {id} names participant {:?} but the entry is signed by {:?}",
+                o.participant_id, signed.participant_id
             ));
         }
         if e.interval_start != Some(o.interval_start) {
             return Err(format!(
-                "order {} is for interval {} but its entry says {:?}",
-                o.id, o.interval_start, e.interval_start
+                "order {id} is for interval {} but its entry says {:?}",
+                o.interval_start, e.interval_start
             ));
         }
-        if let Some(id) = &signed.order_id {
-            if *id != o.id {
+        if let Some(named) = &signed.order_id {
+            if *named != id {
                 return Err(format!(
-                    "entry names order {id:?} but the signed payload is order {}",
-                    o.id
+                    "entry names order {named:?} but the signed payload is order {id}"
                 ));
             }
         }
-        self.next_nonce(&o.participant, o.nonce)?;
-        match self.participants.get(&o.participant) {
+        self.next_nonce(&o.participant_id, o.nonce)?;
+        match self.participants.get(&o.participant_id) {
             Some(p) if !p.active => {
                 return Err(format!(
-                    "order {} from suspended participant {:?}",
-                    o.id, o.participant
+                    "order {id} from suspended participant {:?}",
+                    o.participant_id
                 ))
             }
             Some(ParticipantState {
                 node: Some(node), ..
             }) if *node != o.node => {
                 return Err(format!(
-                    "order {} is at node {:?} but participant {:?} is registered at {node:?}",
-                    o.id, o.node, o.participant
+                    "order {id} is at node {:?} but participant {:?} is registered at {node:?}",
+                    o.node, o.participant_id
                 ))
             }
             Some(_) => {}
-            None => return Err(format!("order {} from unknown participant", o.id)),
+            None => return Err(format!("order {id} from unknown participant")),
         }
-        if let Some(g) = self.gates.get(&o.interval_start) {
+        let t = o.interval_start;
+        if let Some(g) = self.gates.get(&t) {
             return Err(format!(
-                "order {} for interval {} is logged after that interval's gate (seq {})",
-                o.id, o.interval_start, g.seq
+                "order {id} for interval {t} is logged after that interval's gate (seq {})",
+                g.seq
             ));
         }
-        if self.recorded.contains_key(&o.interval_start) {
+        if self.recorded.contains_key(&t) {
             return Err(format!(
-                "order {} for interval {} is logged after that interval was recorded",
-                o.id, o.interval_start
+                "order {id} for interval {t} is logged after that interval was recorded"
             ));
         }
-        self.open_index.insert(o.id.clone(), o.interval_start);
-        self.open.entry(o.interval_start).or_default().insert(
-            o.id.clone(),
+        let flex = matches!(SignedOrder::product(&o)?, Product::Flex(_));
+        let blocks = o.blocks.len();
+        let order = if self.keep {
+            Some(SignedOrder::from_wire(o).map_err(|err| format!("order {id}: {err}"))?)
+        } else {
+            None
+        };
+        self.open_index.insert(id.clone(), t);
+        self.open.entry(t).or_default().insert(
+            id,
             Open {
                 seq: e.seq,
-                order: o,
+                flex,
+                blocks,
+                order,
             },
         );
         Ok(())
@@ -605,7 +631,7 @@ impl Binding {
         let r: ResultBook =
             serde_json::from_slice(e.body).map_err(|err| format!("interval {t}: result: {err}"))?;
         // What the book must be: (id → (is flexibility, blocks)).
-        let expected: BTreeMap<&str, (bool, usize, Option<u64>)> = match &gate.operator_market {
+        let expected: HashMap<&str, (bool, usize, Option<u64>)> = match &gate.operator_market {
             Some(m) => m
                 .orders
                 .iter()
@@ -619,16 +645,7 @@ impl Binding {
             None => gate
                 .book
                 .iter()
-                .map(|(id, o)| {
-                    (
-                        id.as_str(),
-                        (
-                            matches!(o.order.product, Product::Flex(_)),
-                            o.order.blocks.len(),
-                            Some(o.seq),
-                        ),
-                    )
-                })
+                .map(|(id, o)| (id.as_str(), (o.flex, o.blocks, Some(o.seq))))
                 .collect(),
         };
         let mut seen: HashSet<&str> = HashSet::with_capacity(expected.len());
@@ -663,7 +680,12 @@ impl Binding {
                 }
             }
         }
-        if let Some((id, (_, _, seq))) = expected.iter().find(|(id, _)| !seen.contains(*id)) {
+        // The earliest missing order (by seq, then id): the same message on every run.
+        if let Some((id, (_, _, seq))) = expected
+            .iter()
+            .filter(|(id, _)| !seen.contains(*id))
+            .min_by_key(|(id, (_, _, seq))| (*seq, **id))
+        {
             let at = seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
             return Err(format!(
                 "interval {t}: signed order {id:?}{at} accepted before the gate is missing from the recorded book"
@@ -748,7 +770,7 @@ impl Binding {
                     gate.network
                         .as_deref()
                         .expect("signed gates have a network"),
-                    gate.book.values().map(|o| &o.order),
+                    gate.book.values().filter_map(|o| o.order.as_ref()),
                 ),
             };
             self.ready.push(BoundInterval {
