@@ -75,14 +75,6 @@ pub fn operator_gate(interval: i64, market: &MarketSpec) -> NewEntry {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
-    /// The recorded input does not parse.
-    #[error("interval {interval}: input entry is malformed: {reason}")]
-    Input {
-        /// Interval start.
-        interval: i64,
-        /// Why.
-        reason: String,
-    },
     /// The recorded input no longer validates.
     #[error("interval {interval}: recorded market is invalid: {source}")]
     Invalid {
@@ -116,14 +108,6 @@ pub enum RecordError {
         what: &'static str,
         /// Where the first difference is.
         detail: String,
-    },
-    /// An interval lacks one of its three entries.
-    #[error("interval {interval}: no {what} entry")]
-    Missing {
-        /// Interval start.
-        interval: i64,
-        /// Which.
-        what: &'static str,
     },
 }
 
