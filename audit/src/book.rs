@@ -242,17 +242,19 @@ struct Gate {
 
 /// The minimal view of a result the binding needs.
 #[derive(Deserialize)]
-struct ResultBook {
-    #[serde(default)]
-    orders: Vec<ResultOrder>,
+struct ResultBook<'a> {
+    #[serde(default, borrow)]
+    orders: Vec<ResultOrder<'a>>,
     /// Absent when the market has no flexibility.
-    #[serde(default)]
-    flex_offers: Vec<ResultOrder>,
+    #[serde(default, borrow)]
+    flex_offers: Vec<ResultOrder<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ResultOrder {
-    id: String,
+struct ResultOrder<'a> {
+    /// Borrowed from the body unless it holds escapes.
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
     accepted: Vec<serde::de::IgnoredAny>,
 }
 
@@ -292,8 +294,6 @@ pub struct Binding {
     nonces: HashMap<String, u64>,
     network: Option<(u64, Arc<MarketSpec>)>,
     open: BTreeMap<i64, HashMap<String, Open>>,
-    /// Open order id → its interval.
-    open_index: HashMap<String, i64>,
     gates: BTreeMap<i64, Gate>,
     /// Recorded intervals → their latest `interval_input` seq (kept after the gate is dropped).
     recorded: HashMap<i64, u64>,
@@ -435,7 +435,6 @@ impl Binding {
         } else {
             None
         };
-        self.open_index.insert(id.clone(), t);
         self.open.entry(t).or_default().insert(
             id,
             Open {
@@ -467,22 +466,26 @@ impl Binding {
                 c.participant_id, c.order_id
             ));
         }
-        let Some(t) = self.open_index.remove(&c.order_id) else {
+        // A cancel entry names its order's interval; the order must be open in that book.
+        let Some(t) = e.interval_start else {
             return Err(format!(
-                "cancel of order {:?}, which is not open (unknown, cancelled or past its gate)",
+                "cancel of order {:?} has no interval on its entry",
                 c.order_id
             ));
         };
-        if e.interval_start != Some(t) {
+        if let Some(g) = self.gates.get(&t) {
             return Err(format!(
-                "cancel of order {:?} (interval {t}) has entry interval {:?}",
-                c.order_id, e.interval_start
+                "cancel of order {:?} for interval {t} is logged after that interval's gate (seq {})",
+                c.order_id, g.seq
             ));
         }
-        if let Some(b) = self.open.get_mut(&t) {
-            b.remove(&c.order_id);
+        match self.open.get_mut(&t).and_then(|b| b.remove(&c.order_id)) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "cancel of order {:?}, which is not open in interval {t} (unknown, cancelled or for another interval)",
+                c.order_id
+            )),
         }
-        Ok(())
     }
 
     fn gate(&mut self, e: &EntryView<'_>) -> Result<(), String> {
@@ -498,9 +501,6 @@ impl Binding {
             return Err(format!("interval {t}: gate closed after it was recorded"));
         }
         let book = self.open.remove(&t).unwrap_or_default();
-        for id in book.keys() {
-            self.open_index.remove(id);
-        }
         let (network, mismatch) = match g.source {
             BookSource::Signed => {
                 let Some((nseq, net)) = &self.network else {
@@ -628,7 +628,7 @@ impl Binding {
         if gate.result.is_some() {
             return Err(format!("interval {t}: a second result without a new input"));
         }
-        let r: ResultBook =
+        let r: ResultBook<'_> =
             serde_json::from_slice(e.body).map_err(|err| format!("interval {t}: result: {err}"))?;
         // What the book must be: (id → (is flexibility, blocks)).
         let expected: HashMap<&str, (bool, usize, Option<u64>)> = match &gate.operator_market {
@@ -651,13 +651,13 @@ impl Binding {
         let mut seen: HashSet<&str> = HashSet::with_capacity(expected.len());
         for (flex, list) in [(false, &r.orders), (true, &r.flex_offers)] {
             for o in list {
-                let Some(&(is_flex, blocks, _)) = expected.get(o.id.as_str()) else {
+                let Some(&(is_flex, blocks, _)) = expected.get(o.id.as_ref()) else {
                     return Err(format!(
                         "interval {t}: order {:?} in the recorded book has no signed order entry for the interval",
                         o.id
                     ));
                 };
-                if !seen.insert(o.id.as_str()) {
+                if !seen.insert(o.id.as_ref()) {
                     return Err(format!(
                         "interval {t}: order {:?} is in the book twice",
                         o.id

@@ -58,7 +58,8 @@ fn energy(node: &str, side: pb::Side, blocks: &[(&str, &str)]) -> NewOrder {
 }
 
 /// The honest market: Alice sells 40 kW at A (filled), Bob buys up to 70 kW at B (filled),
-/// Carol bids 10 kW at 0.01 at B (out of the money), then the interval is cleared. Returns the
+/// Carol bids 10 kW at 0.01 at B (out of the money), Alice offers 5 kW more and cancels it,
+/// then the interval is cleared. Returns the
 /// ledger's entries.
 async fn honest(ledger: &TempLedger) -> Vec<Entry> {
     let mut server = support::Server::start(support::config(&ledger.url)).await;
@@ -81,6 +82,12 @@ async fn honest(ledger: &TempLedger) -> Vec<Entry> {
         .submit(energy("B", pb::Side::Buy, &[("10", "0.01")]))
         .await
         .unwrap();
+    // An order Alice cancels before the gate: signed, in the ledger, not in the book.
+    let withdrawn = alice
+        .submit(energy("A", pb::Side::Sell, &[("5", "0.02")]))
+        .await
+        .unwrap();
+    alice.cancel(&withdrawn.order_id).await.unwrap();
     let cleared = AdminClient::new(channel.clone(), AdminKey::from_seed(&OPERATOR_SEED))
         .clear_now()
         .await
@@ -352,6 +359,18 @@ on_both_backends! {
         let err = baton_audit::verify(&dst.url, &key, Vec::new()).await.unwrap_err().to_string();
         assert!(err.contains(&format!("names network seq {}", net + 1)), "{err}");
         assert!(err.contains(&format!("in force is seq {}", g)), "{err}");
+    };
+    a_cancel_logged_after_its_gate_is_caught => |b| async move {
+        caught(
+            dishonest(b, |entries| {
+                let i = position(entries, |e| e.kind == EntryKind::Cancel);
+                let c = entries.remove(i);
+                let g = position(entries, |e| e.kind == EntryKind::GateClosed);
+                entries.insert(g + 1, c);
+            })
+            .await,
+            &["cancel of order \"alice-", "after that interval's gate"],
+        );
     };
     an_interval_recorded_twice_is_caught => |b| async move {
         caught(
