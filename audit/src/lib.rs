@@ -23,6 +23,7 @@ use baton_ledger::{
 };
 
 pub mod book;
+pub mod order_view;
 pub mod record;
 pub mod summary;
 pub mod witness;
