@@ -24,11 +24,14 @@ const AGENTS: usize = 30;
 const INTERVALS: u32 = 3;
 const SEED: u64 = 2027;
 
-/// The shipped population (flexibility offers on) with `seed`, cut to `AGENTS` prosumers.
+/// The shipped population (flexibility offers on) with `seed`, cut to `AGENTS` households
+/// (without its clusters and bus loads, which `tests/it/demo.rs` and `tests/it/feeder.rs` run).
 fn population_of(seed: u64) -> Population {
     let mut f = PopulationFile::parse(POPULATION).unwrap();
     f.seed = seed;
     f.prosumers = AGENTS;
+    f.cluster.clear();
+    f.bus_load = None;
     Population::generate(&f, FEEDER).unwrap()
 }
 
@@ -292,8 +295,13 @@ fn the_cli_writes_the_csv_the_operator_imports_and_trades() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(text, population_of(SEED).participants_csv());
-    assert_eq!(text.lines().count(), AGENTS + 1);
+    // The whole file: the 30 households, the estate's 120 and the 24 farms, 32 bus loads.
+    let mut f = PopulationFile::parse(POPULATION).unwrap();
+    f.seed = SEED;
+    f.prosumers = AGENTS;
+    let whole = Population::generate(&f, FEEDER).unwrap();
+    assert_eq!(text, whole.participants_csv());
+    assert_eq!(text.lines().count(), AGENTS + 120 + 24 + 32 + 1);
 
     let url = serve.process.url();
     let out = baton()

@@ -11,6 +11,7 @@ mod book_binding;
 mod cli;
 mod client;
 mod demo;
+mod feeder;
 mod harness;
 mod python_client;
 mod receipts;
