@@ -8,6 +8,7 @@ mod admin_cli;
 mod agents;
 mod audit_cli;
 mod book_binding;
+mod browser;
 mod cli;
 mod client;
 mod demo;
