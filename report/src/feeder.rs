@@ -194,11 +194,8 @@ fn frame(
 /// The loading colour at `u` ∈ [0, 1].
 fn mix(u: Decimal) -> String {
     let mut out = String::from("#");
-    for i in 0..3 {
-        let (a, b) = (
-            Decimal::from(LOADING_RGB[0][i]),
-            Decimal::from(LOADING_RGB[1][i]),
-        );
+    for (lo, hi) in LOADING_RGB[0].iter().zip(&LOADING_RGB[1]) {
+        let (a, b) = (Decimal::from(*lo), Decimal::from(*hi));
         let c = round_at(a + (b - a) * u, 0).to_u8().unwrap_or(0);
         let _ = write!(out, "{c:02x}");
     }
