@@ -69,6 +69,24 @@ async fn run_once() -> Run {
         .await
         .unwrap();
     assert_eq!(again, 0);
+    // The operator asks for up-flexibility on the far laterals (13-18 and 29-33), as
+    // operators do, through the admin API.
+    let admin =
+        baton_client::AdminClient::new(channel.clone(), AdminKey::from_seed(&OPERATOR_SEED));
+    let nodes = (13..=18).chain(29..=33).map(|n| n.to_string()).collect();
+    admin
+        .post_flex_requirement(&baton_client::FlexRequirement {
+            id: "evening-laterals".into(),
+            nodes,
+            direction: baton_client::FlexDirection::Up,
+            blocks: vec![
+                (Decimal::from(15), Decimal::new(50, 2)),
+                (Decimal::from(20), Decimal::new(12, 2)),
+            ],
+            buyer: None,
+        })
+        .await
+        .unwrap();
     let cfg = RunConfig {
         intervals: INTERVALS,
         streams: 3,
@@ -228,8 +246,8 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
         .filter(|(a, b)| a.battery() != b.battery())
         .count();
     assert!(moved > 0, "some battery traded");
-    // The operator's evening-laterals requirement (up, nodes 13-18 and 29-33) buys from the
-    // batteries there.
+    // The operator's evening-laterals requirement (up, nodes 13-18 and 29-33, posted above)
+    // buys from the batteries there.
     let flex: Decimal = first.summary.intervals.iter().map(|r| r.flex_kw).sum();
     assert!(flex > Decimal::ZERO, "some flexibility was allocated");
 
