@@ -32,9 +32,10 @@ const DEMO_TIME_SCALE_DEFAULT: f64 = 100.0;
 /// trades the same hours of the same day.
 const DEMO_DAY_S: i64 = 1_782_000_000;
 /// Once the prosumers are registered, the market clock starts this long before the first
-/// interval traded, market seconds: two minutes, so at the default scale the agents have 1.2
-/// real seconds before its gate (a minute before it starts).
-const DEMO_CLOCK_LEAD_S: i64 = 120;
+/// interval traded, market seconds: three minutes, two before its gate (which closes a minute
+/// before it starts), so at the default scale the agents have 1.2 real seconds to send their
+/// first orders.
+const DEMO_CLOCK_LEAD_S: i64 = 180;
 /// Where the demo trades from by default, minutes after midnight: 17:00, the evening hour
 /// (PV fading, households' evening peak, the estate's EVs arriving on the weak lateral).
 const DEMO_START_MINUTE_DEFAULT: &str = "17:00";
