@@ -21,6 +21,9 @@ Power Generation, Transmission, and Distribution, CRC Press, table 13.2:
   lateral 19-22     #4 AWG ACSR "Swan" 6/1           140 A    2762 kW  (rural: farm PV)
   lateral 23-25     #6 AWG ACSR "Turkey" 6/1         100 A    1973 kW  (the weak lateral)
 
+The ampacities were transcribed without either table at hand; check them against the source
+before relying on the ratings.
+
 The operator's flexibility requirements are not in the file: `baton demo` posts them through
 the admin API on the area behind a line that congests.
 """
