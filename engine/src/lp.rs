@@ -10,9 +10,14 @@
 //! flexibility requirement `Σ offers − Σ demand blocks = 0` (dual `−flex price`).
 //!
 //! **Rounding rule** (the one rule by which solver output becomes money-grade decimals): every
-//! value HiGHS returns is converted from its exact binary value (`Decimal::from_f64_retain`) and
-//! rounded half to even at its field's fixed scale by [`crate::units::round_at`]; `-0` becomes
-//! `0`. Quantities use [`QUANTITY_SCALE`], prices [`PRICE_SCALE`].
+//! value HiGHS returns is converted from its exact binary value (`Decimal::from_f64_retain`),
+//! rounded half to even first at three places past its field's scale and then at that scale, by
+//! [`crate::units::round_at`]; `-0` becomes `0`. Quantities use [`QUANTITY_SCALE`], prices
+//! [`PRICE_SCALE`]. The first rounding absorbs floating-point noise: an exact vertex value that
+//! lies on a half quantum (30.5871875, common with two-decimal bids and reactances) comes back
+//! from HiGHS a few ulps either side of it depending on the order the records entered, and
+//! would otherwise round up or down with that order; now it is the half quantum, and half to
+//! even decides.
 
 use good_lp::constraint::ConstraintReference;
 use good_lp::solvers::highs::{highs, HighsSolution};
@@ -116,9 +121,13 @@ fn f(d: Decimal) -> f64 {
     d.to_f64().expect("validated decimals fit in f64")
 }
 
+/// Decimal places past a field's scale at which an LP value is first rounded, absorbing the
+/// solver's floating-point noise (see the rounding rule above).
+const NOISE_DIGITS: u32 = 3;
+
 fn dec(x: f64, scale: u32, what: &'static str) -> Result<Decimal, LpError> {
     let d = Decimal::from_f64_retain(x).ok_or(LpError::NonFinite(what))?;
-    Ok(round_at(d, scale))
+    Ok(round_at(round_at(d, scale + NOISE_DIGITS), scale))
 }
 
 /// Indices of `ids` sorted by id: the canonical order in which records enter the model.
@@ -542,6 +551,9 @@ pub(crate) fn solve(
 /// there), and a spill as less of its supply priced at the floor. Both pairs are worth the same
 /// and leave the balance unchanged, so the solution stays optimal with the same prices; the rest
 /// is what the network could not honour anywhere but by a virtual injection or withdrawal.
+/// Steps on a device are never netted: their device's rows tie them to its other orders (less
+/// of a must-take sell on a battery that also buys can push the battery past its capacity), so
+/// the relaxation stays as reported.
 fn net_relaxations(
     market: &Market,
     steps: &[Step],
@@ -554,7 +566,7 @@ fn net_relaxations(
             Side::Buy => (&mut shortfall[s.node], market.price_cap()),
             Side::Sell => (&mut spill[s.node], market.price_floor()),
         };
-        if relax.is_zero() || s.price != penalty || a.is_zero() {
+        if relax.is_zero() || s.price != penalty || a.is_zero() || s.device.is_some() {
             continue;
         }
         let moved = (*relax).min(*a);
