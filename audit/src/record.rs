@@ -99,6 +99,14 @@ pub enum RecordError {
         /// The amount.
         amount: String,
     },
+    /// The engine refused to settle an interval's metered delivery.
+    #[error("interval {interval}: delivery settlement failed: {reason}")]
+    Delivery {
+        /// Interval start.
+        interval: i64,
+        /// The engine's reason.
+        reason: String,
+    },
     /// Re-clearing gave something else than was recorded.
     #[error("interval {interval}: {what} differs from the recording{detail}")]
     Mismatch {
@@ -182,6 +190,8 @@ pub struct Recleared {
     pub orders: usize,
     /// Postings checked.
     pub postings: usize,
+    /// Postings of the interval's delivery settlement checked, once it is recorded.
+    pub delivery_postings: Option<usize>,
 }
 
 /// Re-clears one interval from the market the ledger binds it to (`spec`, see
@@ -193,6 +203,18 @@ pub fn reclear(
     result: &[u8],
     settlement: &[u8],
 ) -> Result<Recleared, RecordError> {
+    reclear_keeping(interval, spec, rounding, result, settlement).map(|(r, _, _)| r)
+}
+
+/// [`reclear`], also handing back the market and its clearing (what the interval's delivery
+/// settlement is recomputed against, [`crate::delivery::redeliver`]).
+pub fn reclear_keeping(
+    interval: i64,
+    spec: &MarketSpec,
+    rounding: bool,
+    result: &[u8],
+    settlement: &[u8],
+) -> Result<(Recleared, Market, Clearing), RecordError> {
     let market = if rounding {
         Market::new_rounding(spec)
     } else {
@@ -218,19 +240,40 @@ pub fn reclear(
             detail: first_difference(settlement, &recorded),
         });
     }
-    Ok(Recleared {
+    let r = Recleared {
         interval,
         orders: market.participant_order_count(),
         postings: body.postings.len(),
-    })
+        delivery_postings: None,
+    };
+    Ok((r, market, clearing))
 }
 
 /// ` at line N: recorded "…" but re-cleared "…"` for two texts.
-fn first_difference(recorded: &[u8], again: &[u8]) -> String {
+pub(crate) fn first_difference(recorded: &[u8], again: &[u8]) -> String {
     let (a, b) = (
         String::from_utf8_lossy(recorded),
         String::from_utf8_lossy(again),
     );
+    if a.lines().count() <= 1 && b.lines().count() <= 1 {
+        // One-line JSON: show where the bytes part, with some context.
+        const CONTEXT_CHARS: usize = 60;
+        let (x, y): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let at = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+        if at < x.len() || at < y.len() {
+            let from = at.saturating_sub(CONTEXT_CHARS / 2);
+            let part = |v: &[char]| -> String {
+                v[from.min(v.len())..(from + CONTEXT_CHARS).min(v.len())]
+                    .iter()
+                    .collect()
+            };
+            return format!(
+                " at character {at}: recorded {:?} but re-computed {:?}",
+                part(&x),
+                part(&y)
+            );
+        }
+    }
     for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
         if x != y {
             return format!(
