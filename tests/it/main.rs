@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod demo;
 mod harness;
+mod metering;
 mod python_client;
 mod receipts;
 mod report;
