@@ -679,6 +679,59 @@ mod tests {
     }
 
     #[test]
+    fn metering_bodies_have_one_spelling() {
+        let key = crate::key::OperatorKey::from_seed(&[4; 32]).public_key();
+        let m = MeterBody {
+            details: Some(serde_json::json!({"admin_nonce": 7})),
+            meter_id: "m1".into(),
+            participant_id: "bob".into(),
+            public_key: key.to_bytes(),
+        };
+        assert_eq!(MeterBody::from_bytes(&m.to_bytes()).unwrap(), m);
+        assert!(MeterBody::from_bytes(
+            &MeterBody {
+                meter_id: String::new(),
+                ..m.clone()
+            }
+            .to_bytes()
+        )
+        .is_err());
+        let r = MeterReadingBody {
+            meter_id: None,
+            participant_id: "bob".into(),
+            payload: vec![1, 2],
+            signature: [0; 64],
+        };
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.starts_with(r#"{"participant_id":"bob","payload":"0102","signature":"#));
+        assert_eq!(MeterReadingBody::from_bytes(text.as_bytes()).unwrap(), r);
+        let d = DeliverySettlementBody {
+            delivery: serde_json::json!({"positions": [{"node": "B", "account": "bob"}]}),
+            interval_start: 300,
+            postings: vec![Posting {
+                account: "bob".into(),
+                amount: Amount::from_minor(-5),
+                memo: None,
+            }],
+            readings: 1,
+            readings_digest: readings_digest([3]),
+            rules: serde_json::json!({"b": "1", "a": "0.5"}),
+        };
+        let bytes = d.to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        // Free-form parts are re-serialised with sorted keys.
+        assert!(text.starts_with(
+            r#"{"delivery":{"positions":[{"account":"bob","node":"B"}]},"interval_start":300,"#
+        ));
+        assert!(text.ends_with(r#""rules":{"a":"0.5","b":"1"}}"#));
+        assert_eq!(DeliverySettlementBody::from_bytes(&bytes).unwrap(), d);
+        assert_eq!(d.total(), Some(Amount::from_minor(-5)));
+        // The digest covers the seqs in order, under its own domain.
+        assert_ne!(readings_digest([1, 2]), readings_digest([2, 1]));
+        assert_ne!(readings_digest([1, 2]), signed_book_digest([1, 2]));
+    }
+
+    #[test]
     fn participant_details_are_sorted_and_hex_is_lowercase() {
         let key = crate::key::OperatorKey::from_seed(&[3; 32]).public_key();
         let b = ParticipantBody {
