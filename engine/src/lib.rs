@@ -9,6 +9,7 @@
 //! `f64`. Everything that leaves it is a `rust_decimal::Decimal` at a fixed scale ([`units`]).
 
 pub mod clearing;
+pub mod delivery;
 pub mod lp;
 pub mod matpower;
 pub mod model;
@@ -21,5 +22,6 @@ pub mod validate;
 pub use clearing::{
     clear, clear_hooked, clear_with, ClearError, ClearStats, Clearing, Method, Phase, PhaseHook,
 };
+pub use delivery::{settle_delivery, Delivery, DeliveryRules, MeterReading};
 pub use model::{Market, MarketError, MarketSpec, Side};
 pub use settlement::{settle, Settlement};

@@ -1475,3 +1475,151 @@ proptest! {
         check_flex_market(&spec)?;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Delivery settlement on random markets and random meter readings
+// ---------------------------------------------------------------------------------------------
+
+/// Every position the clearing gives (accounts with accepted energy or flexibility, at their
+/// nodes), read or not by `deviations` (`None`: no reading; `Some(d)`: the schedule plus
+/// `d` hundredths of a kWh, rounded to the meter scale), plus one reading of an account with
+/// no orders. Checks zero-sum, the flexibility identity `|delivered| + shortfall = |procured|`,
+/// the energy identity `M − C = delivered + imbalance`, the imbalance prices' side of the
+/// nodal price, each account's postings against its position, and that shuffling the
+/// readings changes nothing.
+fn check_delivery(
+    spec: &MarketSpec,
+    deviations: &[Option<i64>],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    use baton_engine::delivery::{settle_delivery, DeliveryRules, MeterReading};
+    use baton_engine::units::round_at;
+    let m = market(spec);
+    let c = clear(&m, Method::Full)?;
+    let minutes = Decimal::from(c.interval_minutes);
+    let mut cleared: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for f in c.orders.iter().take(m.participant_order_count()) {
+        if !f.accepted_total.is_zero() {
+            let e = f.accepted_total * minutes / Decimal::from(60);
+            *cleared
+                .entry((f.account.clone(), m.node_ids()[f.node].clone()))
+                .or_default() += if f.side == Side::Sell { e } else { -e };
+        }
+    }
+    for (o, r) in m.flex_offers().iter().zip(&c.flex_offers) {
+        if !r.accepted_total.is_zero() {
+            cleared
+                .entry((o.account.clone(), m.node_ids()[o.node].clone()))
+                .or_default();
+        }
+    }
+    let mut readings = Vec::new();
+    for (((account, node), e), d) in cleared.iter().zip(deviations.iter().cycle()) {
+        let Some(d) = d else { continue };
+        let net = round_at(*e + Decimal::new(*d, 2), 6);
+        let (import_kwh, export_kwh) = if net.is_sign_negative() {
+            (-net, Decimal::ZERO)
+        } else {
+            (Decimal::ZERO, net)
+        };
+        readings.push(MeterReading {
+            account: account.clone(),
+            node: node.clone(),
+            import_kwh,
+            export_kwh,
+        });
+    }
+    readings.push(MeterReading {
+        account: "outsider".into(),
+        node: "n0".into(),
+        import_kwh: Decimal::new(125, 2),
+        export_kwh: Decimal::new(25, 2),
+    });
+    let rules = DeliveryRules::default();
+    let d = settle_delivery(&m, &c, &readings, &rules)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(d.total(), Decimal::ZERO, "delivery postings sum to zero");
+    let quantum = Decimal::new(3, 6);
+    for p in &d.positions {
+        let lambda = c.nodes[m.node_ids().iter().position(|n| *n == p.node).unwrap()].price;
+        prop_assert!(
+            (p.flex_delivered_kwh.abs() + p.flex_shortfall_kwh - p.flex_procured_kwh.abs()).abs()
+                <= quantum,
+            "{:?}",
+            p
+        );
+        prop_assert!(
+            p.flex_delivered_kwh * p.flex_procured_kwh >= Decimal::ZERO,
+            "{:?}",
+            p
+        );
+        prop_assert!(
+            p.flex_delivered_kwh.abs() <= p.flex_procured_kwh.abs(),
+            "{:?}",
+            p
+        );
+        prop_assert!(p.flex_shortfall_kwh >= Decimal::ZERO, "{:?}", p);
+        let metered = p.metered_kwh.unwrap_or(p.cleared_kwh);
+        prop_assert!(
+            (metered - p.cleared_kwh - p.flex_delivered_kwh - p.imbalance_kwh).abs() <= quantum,
+            "{:?}",
+            p
+        );
+        if p.metered_kwh.is_none() {
+            prop_assert_eq!(p.imbalance_kwh, Decimal::ZERO);
+            prop_assert_eq!(p.flex_delivered_kwh, Decimal::ZERO);
+        }
+        if let Some(price) = p.imbalance_price {
+            if p.imbalance_kwh > Decimal::ZERO {
+                prop_assert!(price <= lambda, "long above λ: {:?}", p);
+            } else if p.imbalance_kwh < Decimal::ZERO {
+                prop_assert!(price >= lambda, "short below λ: {:?}", p);
+            }
+        }
+    }
+    // Each account's postings are exactly its positions' amounts.
+    let mut by_account: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for p in &d.postings {
+        *by_account.entry(p.account.as_str()).or_default() += p.amount;
+    }
+    let mut expected: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for p in &d.positions {
+        *expected.entry(p.account.as_str()).or_default() += p.imbalance_amount + p.flex_amount;
+    }
+    for (account, amount) in &expected {
+        // A requirement's account also receives what the offers forfeit; skip it.
+        if !m.flex_requirements().iter().any(|r| r.account == *account) {
+            let got = by_account.get(account).copied().unwrap_or_default();
+            prop_assert_eq!(got, *amount, "account {}", account);
+        }
+    }
+    for p in &d.postings {
+        prop_assert!(!p.amount.is_zero(), "zero posting {:?}", p);
+    }
+    // Shuffled readings, same bytes.
+    let mut shuffled = readings.clone();
+    let mut s = seed;
+    for i in (1..shuffled.len()).rev() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        shuffled.swap(i, (s >> 33) as usize % (i + 1));
+    }
+    let e = settle_delivery(&m, &c, &shuffled, &rules)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(d, e, "shuffled readings settle differently");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn delivery_settlement_is_zero_sum_and_consistent(
+        spec in flex_market(),
+        deviations in prop::collection::vec(prop::option::weighted(0.8, -500i64..=500), 1..=8),
+        seed in any::<u64>(),
+    ) {
+        check_delivery(&spec, &deviations, seed)?;
+    }
+}

@@ -14,7 +14,8 @@ use baton_client::{
     ParticipantKey,
 };
 use baton_ledger::{
-    Entry, EntryKind, GateClosedBody, Ledger, NewEntry, SettlementBody, SignedMessageBody,
+    Entry, EntryKind, GateClosedBody, Ledger, NewEntry, ParticipantBody, SettlementBody,
+    SignedMessageBody,
 };
 use support::{TempLedger, INTERVAL_S, OPERATOR_SEED, T0};
 
@@ -391,6 +392,50 @@ on_both_backends! {
             })
             .await,
             &["carol-", "its entry says"],
+        );
+    };
+    reordering_a_participants_orders_so_a_nonce_falls_is_caught => |b| async move {
+        // Alice's two orders swap places: each still verifies, but her nonces now fall, which
+        // no honest intake ever appends (a replayed or back-dated order looks exactly so).
+        caught(
+            dishonest(b, |entries| {
+                let alice: Vec<usize> = (0..entries.len())
+                    .filter(|&i| {
+                        order_id(&entries[i]).is_some_and(|id| id.starts_with("alice-"))
+                    })
+                    .collect();
+                assert_eq!(alice.len(), 2, "alice signed two orders");
+                entries.swap(alice[0], alice[1]);
+            })
+            .await,
+            &["participant \"alice\" does not increase"],
+        );
+    };
+    replaying_a_signed_order_under_a_sybil_account_is_caught => |b| async move {
+        // The operator admits "mallory" with Bob's public key, then logs Bob's signed order
+        // again as Mallory's: the signature verifies under Mallory's (Bob's) key, but the
+        // payload names Bob.
+        caught(
+            dishonest(b, |entries| {
+                let p = position(entries, |e| {
+                    e.kind == EntryKind::Participant
+                        && ParticipantBody::from_bytes(&e.body).unwrap().participant_id == "bob"
+                });
+                let mut mallory = ParticipantBody::from_bytes(&entries[p].body).unwrap();
+                mallory.participant_id = "mallory".into();
+                let mut admitted = entries[p].clone();
+                admitted.body = mallory.to_bytes();
+                entries.insert(p + 1, admitted);
+                let i = order_at(entries, "bob");
+                let mut m = SignedMessageBody::from_bytes(EntryKind::Order, &entries[i].body).unwrap();
+                m.participant_id = "mallory".into();
+                m.order_id = None;
+                let mut replay = entries[i].clone();
+                replay.body = m.to_bytes();
+                entries.insert(i + 1, replay);
+            })
+            .await,
+            &["names participant \"bob\" but the entry is signed by \"mallory\""],
         );
     };
 }
