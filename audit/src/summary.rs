@@ -861,22 +861,26 @@ mod tests {
 pub struct DeliveryFigures {
     /// Readings settled.
     pub readings: u64,
-    /// Positions settled by the missing-reading rule (cleared, but no reading).
+    /// Positions settled by the missing-reading rule (cleared energy or flexibility, no
+    /// reading: estimated as the schedule, its flexibility undelivered).
     pub missing: u64,
     /// Sum of |imbalance| over the positions, kWh.
     pub imbalance_kwh: Decimal,
-    /// Net amount the participants paid for imbalance (credited to the imbalance account).
+    /// Net amount the participants paid for their imbalance: what
+    /// `market-operator:imbalance` received (negative: it paid out more than it took).
     pub imbalance_cost: Decimal,
-    /// Flexibility procured in the clearing, kWh.
+    /// Flexibility procured in the clearing, kWh (up and down together).
     pub flex_procured_kwh: Decimal,
     /// Flexibility the meters show delivered, kWh.
     pub flex_delivered_kwh: Decimal,
-    /// Penalties charged for flexibility not delivered.
+    /// Penalties charged for flexibility not delivered (the `flex penalty …` postings).
     pub flex_penalties: Decimal,
 }
 
-/// The figures of a `delivery_settlement` body (its positions and postings).
+/// The figures of a `delivery_settlement` body, from its positions (the engine's
+/// `delivery::Position`, as recorded) and its postings.
 pub fn delivery_figures(body: &[u8]) -> Result<DeliveryFigures, String> {
+    use baton_engine::delivery::IMBALANCE_ACCOUNT;
     let b = baton_ledger::DeliverySettlementBody::from_bytes(body).map_err(|e| e.to_string())?;
     let positions = b
         .delivery
@@ -897,21 +901,21 @@ pub fn delivery_figures(body: &[u8]) -> Result<DeliveryFigures, String> {
         ..DeliveryFigures::default()
     };
     for p in positions {
-        if p.get("missing_reading").and_then(|m| m.as_bool()) == Some(true) {
+        if p.get("metered_kwh").is_none_or(|m| m.is_null()) {
             f.missing += 1;
         }
         f.imbalance_kwh += num(p, "imbalance_kwh")?.abs();
-        f.flex_procured_kwh += num(p, "flex_procured_kwh")?;
-        f.flex_delivered_kwh += num(p, "flex_delivered_kwh")?;
+        f.flex_procured_kwh += num(p, "flex_procured_kwh")?.abs();
+        f.flex_delivered_kwh += num(p, "flex_delivered_kwh")?.abs();
     }
     for p in &b.postings {
         let memo = p.memo.as_deref().unwrap_or("");
-        if memo.starts_with("flex shortfall") {
-            if p.account != baton_engine::delivery::IMBALANCE_ACCOUNT {
-                f.flex_penalties -= p.amount.as_decimal();
-            }
-        } else if p.account == baton_engine::delivery::IMBALANCE_ACCOUNT {
-            f.imbalance_cost += p.amount.as_decimal();
+        let amount = p.amount.as_decimal();
+        if p.account == IMBALANCE_ACCOUNT {
+            f.imbalance_cost += amount;
+        } else if memo.starts_with("flex penalty ") && amount > Decimal::ZERO {
+            // Each penalty is a pair: the provider pays, the requirement's account receives.
+            f.flex_penalties += amount;
         }
     }
     Ok(f)

@@ -422,12 +422,42 @@ async fn settle_interval(shared: &Arc<Shared>, t: i64) -> Result<(), ServiceErro
     Ok(())
 }
 
+/// How long after an interval's reading deadline a restarted server still settles its
+/// delivery, seconds (a day): a server down for longer, or a ledger recorded before metering,
+/// leaves older intervals unsettled rather than settling them as if no meter had reported.
+pub(crate) const DELIVERY_CATCH_UP_S_MAX: i64 = 86_400;
+
 /// The `market_event` recording that an interval's delivery could not be settled.
 pub(crate) const DELIVERY_NOT_SETTLED: &str = "delivery_not_settled";
 
 /// Rebuilds the markets and clearings of the intervals awaiting delivery from the ledger (after
 /// a restart), by the audit's own replay and re-clear.
 pub(crate) async fn rebuild_awaiting(shared: &Arc<Shared>) {
+    // Intervals whose deadline passed long before this start are left unsettled: a ledger
+    // recorded before metering existed would otherwise have every interval settled now, as if
+    // no meter had reported, with every flexibility allocation penalised.
+    let now_s = shared.clock.now_ms().div_euclid(1000);
+    let stale_before = now_s - DELIVERY_CATCH_UP_S_MAX;
+    let stale: Vec<i64> = shared
+        .lock()
+        .metering
+        .awaiting
+        .iter()
+        .copied()
+        .filter(|t| t + shared.timing.interval_s + shared.meter_deadline_s < stale_before)
+        .collect();
+    if let (Some(first), Some(last)) = (stale.first(), stale.last()) {
+        tracing::warn!(
+            intervals = stale.len(),
+            first,
+            last,
+            "cleared intervals whose reading deadline passed more than {DELIVERY_CATCH_UP_S_MAX} s ago have no delivery settlement; leaving them unsettled"
+        );
+        let mut st = shared.lock();
+        for t in &stale {
+            st.metering.awaiting.remove(t);
+        }
+    }
     let wanted: BTreeSet<i64> = shared.lock().metering.awaiting.clone();
     if wanted.is_empty() {
         return;

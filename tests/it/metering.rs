@@ -611,3 +611,188 @@ on_both_backends! {
         assert!(err.contains("delivery settlement differs"), "{err}");
     };
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: a congested two-node market, a battery procured for flexibility, metered.
+
+/// Two nodes over a 30 kW cable; the grid at A (import 0.30, export 0.03); a 10 kW up
+/// flexibility requirement at B (at most 0.20) that Dave's battery serves.
+const METERED_TWO_NODE: &str = r#"
+name = "metered-two-node"
+interval_minutes = 5
+price_floor = "-1"
+price_cap = "10"
+line_violation_penalty = "20"
+nodes = [{ id = "A" }, { id = "B" }]
+lines = [{ id = "A-B", from = "A", to = "B", x = "0.05", capacity = "30" }]
+grid_connections = [
+  { id = "feeder", node = "A", import_limit = "100", import_price = "0.30", export_limit = "50", export_price = "0.03" },
+]
+devices = [{ id = "bat-B", node = "B", capacity = "10" }]
+flex_requirements = [
+  { id = "relief-B", nodes = ["B"], direction = "up", blocks = [{ quantity = "10", price = "0.20" }] },
+]
+"#;
+
+/// The clearing: Erin sells 5 kW at A at 0.01 and Alice 40 kW at 0.04, Bob buys 50 kW at B at
+/// 0.45, Dave offers 10 kW of up flexibility at B at 0.05 from his battery. The cable carries
+/// 30 kW: Erin 5 + Alice 25 at A (λA = 0.04, Alice marginal), Bob gets 30 (λB = 0.45, Bob
+/// marginal), and Dave's 10 kW are procured at the requirement's 0.20.
+///
+/// In kW·min over 5 minutes: C(alice) = 125, C(bob) = −150, C(erin) = 25, C(dave) = 0 with an
+/// up allocation of 50. Imbalance prices (s = 0.05, grid 0.30/0.03 in the island):
+/// at A p_short = max(0.04, min(0.09, 0.30)) = 0.09; at B p_short = max(0.45, min(0.50, 0.30))
+/// = 0.45.
+///
+/// Meters: Alice exports 2.0 kWh (120): short 5 → pays 0.09 × 5/60 = 0.0075 → 0.01. Bob imports
+/// 2.7 kWh (−162): short 12 → pays 0.45 × 12/60 = 0.09. Dave exports 0.5 kWh (30) against 50
+/// procured: delivers 30, falls 20 short (0.333333 kWh): returns 0.20 × 20/60 = 0.0667 → 0.07
+/// and pays a penalty of 0.5 × 0.20 × 20/60 = 0.0333 → 0.03, both to the network operator.
+/// Erin sends no reading: estimated as her schedule, nothing to settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
+    let ledger = TempLedger::sqlite();
+    let clock = ManualClock::at_s(T0 + 1);
+    let mut c = support::config(&ledger.url);
+    c.clock = clock.clock();
+    c.meter_deadline_s = DEADLINE_S;
+    c.scenario = Some(METERED_TWO_NODE.to_string());
+    let mut server = Server::start(c).await;
+    let channel = server.connect().await;
+    let alice = participant(&channel, "alice", 1, "A").await;
+    let bob = participant(&channel, "bob", 2, "B").await;
+    let dave = participant(&channel, "dave", 4, "B").await;
+    let erin = participant(&channel, "erin", 5, "A").await;
+    let sell = |node: &str, q: &str, p: &str| {
+        NewOrder::energy(OPEN, node, pb::Side::Sell, vec![BlockSpec::priced(d(q), d(p))])
+    };
+    alice.submit(sell("A", "40", "0.04")).await.unwrap();
+    erin.submit(sell("A", "5", "0.01")).await.unwrap();
+    bob.submit(NewOrder::energy(
+        OPEN,
+        "B",
+        pb::Side::Buy,
+        vec![BlockSpec::priced(d("50"), d("0.45"))],
+    ))
+    .await
+    .unwrap();
+    let flex = dave
+        .submit(
+            NewOrder::flex(
+                OPEN,
+                "B",
+                pb::Product::FlexUp,
+                vec![BlockSpec::priced(d("10"), d("0.05"))],
+            )
+            .with_device("bat-B"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(admin(&channel).clear_now().await.unwrap().interval_start, OPEN);
+    let result = PublicClient::new(channel.clone())
+        .interval_result(OPEN)
+        .await
+        .unwrap();
+    let price = |n: &str| d(&result.prices.iter().find(|p| p.node == n).unwrap().price);
+    assert_eq!((price("A"), price("B")), (d("0.04"), d("0.45")));
+    assert!(result.lines[0].congested);
+    assert_eq!(d(&result.flex[0].price), d("0.2"));
+    assert_eq!(d(&result.flex[0].procured), d("10"));
+
+    clock.set_s(OPEN_END + 1);
+    for (who, node, import, export) in [
+        (&alice, "A", "0", "2.0"),
+        (&bob, "B", "2.7", "0"),
+        (&dave, "B", "0", "0.5"),
+    ] {
+        let r = who
+            .submit_meter_readings(&[NewReading {
+                interval_start: OPEN,
+                node: node.into(),
+                import_kwh: d(import),
+                export_kwh: d(export),
+            }])
+            .await
+            .unwrap();
+        assert!(r[0].is_ok(), "{r:?}");
+    }
+    clock.set_s(OPEN_END + DEADLINE_S);
+    let e = await_delivery(&server, OPEN).await;
+    let body = DeliverySettlementBody::from_bytes(&e.body).unwrap();
+    let postings: Vec<(String, String, String)> = body
+        .postings
+        .iter()
+        .map(|p| {
+            (
+                p.account.clone(),
+                p.amount.to_string(),
+                p.memo.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let f = &flex.order_id;
+    let own = |a: &str, m: String| (a.to_string(), m);
+    let expected: Vec<(String, String, String)> = [
+        (own("alice", "imbalance alice at A".into()), "-0.01"),
+        (own("market-operator:imbalance", "imbalance alice at A".into()), "0.01"),
+        (own("bob", "imbalance bob at B".into()), "-0.09"),
+        (own("market-operator:imbalance", "imbalance bob at B".into()), "0.09"),
+        (own("dave", format!("flex shortfall {f} for relief-B")), "-0.07"),
+        (own("network-operator", format!("flex shortfall {f} for relief-B")), "0.07"),
+        (own("dave", format!("flex penalty {f} for relief-B")), "-0.03"),
+        (own("network-operator", format!("flex penalty {f} for relief-B")), "0.03"),
+    ]
+    .into_iter()
+    .map(|((a, m), amt)| (a, amt.to_string(), m))
+    .collect();
+    assert_eq!(postings, expected);
+    // Erin's position: cleared, no reading, estimated as scheduled.
+    let positions = body.delivery["positions"].as_array().unwrap();
+    let erin_pos = positions.iter().find(|p| p["account"] == "erin").unwrap();
+    assert!(erin_pos["metered_kwh"].is_null(), "{erin_pos}");
+    assert_eq!(erin_pos["cleared_kwh"], "0.416667");
+    assert_eq!(erin_pos["imbalance_kwh"], "0.000000");
+
+    // The operator's listing and the report show the same figures.
+    let listed = admin(&channel).list_intervals(20, None).await.unwrap();
+    let dl = listed
+        .iter()
+        .find(|i| i.interval_start == OPEN)
+        .and_then(|i| i.delivery.clone())
+        .unwrap();
+    assert_eq!(
+        (dl.readings_received, dl.readings_missing),
+        (3, 1),
+        "{dl:?}"
+    );
+    assert_eq!(dl.imbalance_kwh, "0.283333");
+    assert_eq!(dl.imbalance_cost, "0.1");
+    assert_eq!(dl.flex_procured_kwh, "0.833333");
+    assert_eq!(dl.flex_delivered_kwh, "0.5");
+    assert_eq!(dl.flex_penalties, "0.03");
+    server.stop().await;
+
+    let report = baton_audit::summary::read(&ledger.url).await.unwrap();
+    let text = baton_report::text(&report);
+    let line = text
+        .lines()
+        .find(|l| l.contains("3/1"))
+        .unwrap_or_else(|| panic!("no delivery line in\n{text}"));
+    for figure in ["0.283", "0.10", "0.500/0.833", "0.03"] {
+        assert!(line.contains(figure), "{figure:?} not in {line:?}\n{text}");
+    }
+    assert!(text.lines().all(|l| l.chars().count() <= baton_report::TEXT_WIDTH_MAX));
+    // Balances: Bob paid for his 30 kW (30 × 0.45 × 5/60 = 1.125 → 1.13 by the settlement's
+    // rule, whatever its rounding) and for his imbalance, 0.09, on top.
+    let l = Ledger::open_existing(&ledger.url).await.unwrap();
+    let balances = l.balances().await.unwrap();
+    l.close().await;
+    assert_eq!(
+        balances["market-operator:imbalance"],
+        baton_ledger::Amount::from_minor(10)
+    );
+    let key = support::operator().public_key();
+    baton_audit::verify(&ledger.url, &key, Vec::new()).await.unwrap();
+    let recleared = baton_audit::reclear_ledger(&ledger.url, Some(OPEN)).await.unwrap();
+    assert_eq!(recleared[0].delivery_postings, Some(8));
+}
