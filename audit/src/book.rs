@@ -843,7 +843,9 @@ impl Binding {
     }
 
     fn reading(&mut self, e: &EntryView<'_>) -> Result<(), String> {
-        let body = e.reading.ok_or("meter_reading entry without a reading body")?;
+        let body = e
+            .reading
+            .ok_or("meter_reading entry without a reading body")?;
         let Some(t) = e.interval_start else {
             return Err("meter_reading entry without an interval".into());
         };
@@ -950,9 +952,11 @@ impl Binding {
                 hex::encode(digest)
             ));
         }
-        if let Some(p) = body.postings.iter().find(|p| {
-            p.account != IMBALANCE_ACCOUNT && !self.account_allowed(gate, &p.account)
-        }) {
+        if let Some(p) = body
+            .postings
+            .iter()
+            .find(|p| p.account != IMBALANCE_ACCOUNT && !self.account_allowed(gate, &p.account))
+        {
             return Err(format!(
                 "interval {t}: delivery settlement pays account {:?}, which is neither an admitted participant nor a system account",
                 p.account

@@ -97,12 +97,11 @@ pub fn delivery_entry(
     rules: &DeliveryRules,
 ) -> Result<(NewEntry, Delivery), RecordError> {
     let engine: Vec<MeterReading> = readings.iter().map(|(_, r)| r.clone()).collect();
-    let d = settle_delivery(market, clearing, &engine, rules).map_err(|e| {
-        RecordError::Delivery {
+    let d =
+        settle_delivery(market, clearing, &engine, rules).map_err(|e| RecordError::Delivery {
             interval,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let seqs: Vec<u64> = readings.iter().map(|(s, _)| *s).collect();
     let body = delivery_body(interval, &seqs, rules, &d)?;
     Ok((NewEntry::delivery_settlement(&body), d))

@@ -90,8 +90,10 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
     };
     let mut binding = Binding::rebuilding();
     let mut done = Vec::new();
-    let mut cleared: std::collections::HashMap<i64, (usize, baton_engine::Market, baton_engine::Clearing)> =
-        std::collections::HashMap::new();
+    let mut cleared: std::collections::HashMap<
+        i64,
+        (usize, baton_engine::Market, baton_engine::Clearing),
+    > = std::collections::HashMap::new();
     let mut from = 1u64;
     loop {
         let page = ledger
@@ -121,8 +123,7 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
                 let Some((at, market, clearing)) = cleared.remove(&d.interval) else {
                     continue;
                 };
-                done[at].delivery_postings =
-                    Some(delivery::redeliver(&d, &market, &clearing)?);
+                done[at].delivery_postings = Some(delivery::redeliver(&d, &market, &clearing)?);
             }
         }
     }
@@ -139,8 +140,10 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
 pub async fn rebuild_clearings(
     ledger: &Ledger,
     wanted: &std::collections::BTreeSet<i64>,
-) -> Result<std::collections::BTreeMap<i64, (baton_engine::Market, baton_engine::Clearing)>, ReclearError>
-{
+) -> Result<
+    std::collections::BTreeMap<i64, (baton_engine::Market, baton_engine::Clearing)>,
+    ReclearError,
+> {
     let ledger_error = |source| ReclearError::Ledger {
         db: String::new(),
         source,

@@ -603,7 +603,11 @@ impl NewEntry {
 
     /// A `meter_reading` entry for the reading's interval.
     pub fn meter_reading(interval_start: i64, body: &MeterReadingBody) -> Self {
-        NewEntry::new(EntryKind::MeterReading, Some(interval_start), body.to_bytes())
+        NewEntry::new(
+            EntryKind::MeterReading,
+            Some(interval_start),
+            body.to_bytes(),
+        )
     }
 
     /// A `delivery_settlement` entry for `body.interval_start`.

@@ -465,11 +465,9 @@ impl AdminService for AdminApi {
         {
             let st = self.shared.lock();
             if !st.participants.contains_key(&r.participant_id) {
-                return Err(ServiceError::NotFound(format!(
-                    "participant {:?}",
-                    r.participant_id
-                ))
-                .into());
+                return Err(
+                    ServiceError::NotFound(format!("participant {:?}", r.participant_id)).into(),
+                );
             }
             if st
                 .metering

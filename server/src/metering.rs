@@ -100,9 +100,10 @@ struct Verified {
 impl MarketState {
     /// The key that must have signed `r`: its meter's, or its participant's.
     fn reading_key(&self, r: &pb::MeterReading) -> Result<VerifyingKey, ServiceError> {
-        let p = self.participants.get(&r.participant_id).ok_or_else(|| {
-            ServiceError::NotFound(format!("participant {:?}", r.participant_id))
-        })?;
+        let p = self
+            .participants
+            .get(&r.participant_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("participant {:?}", r.participant_id)))?;
         match &r.meter_id {
             None => Ok(p.key),
             Some(m) => self
@@ -272,9 +273,8 @@ pub(crate) async fn submit(
     {
         let mut st = shared.lock();
         for (i, v) in verified.into_iter().enumerate() {
-            let checked = v.and_then(|v| {
-                st.check_reading(v, &shared.timing, shared.meter_deadline_s, now)
-            });
+            let checked =
+                v.and_then(|v| st.check_reading(v, &shared.timing, shared.meter_deadline_s, now));
             match checked {
                 Ok(mut v) => {
                     st.reserve_reading(&v);

@@ -380,8 +380,20 @@ async fn admin_commands_drive_a_live_server() {
     assert_eq!(
         header,
         [
-            "INTERVAL", "ORDERS", "BOUGHT_KW", "SOLD_KW", "PRICE_MIN", "PRICE_MAX", "CONGESTED",
-            "FLEX_KW", "CLEAR_MS", "LEDGER", "READ/MISS", "IMB_KWH", "IMB_COST", "FLEX_DLV",
+            "INTERVAL",
+            "ORDERS",
+            "BOUGHT_KW",
+            "SOLD_KW",
+            "PRICE_MIN",
+            "PRICE_MAX",
+            "CONGESTED",
+            "FLEX_KW",
+            "CLEAR_MS",
+            "LEDGER",
+            "READ/MISS",
+            "IMB_KWH",
+            "IMB_COST",
+            "FLEX_DLV",
             "PENALTY"
         ],
         "{table}"

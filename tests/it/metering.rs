@@ -57,7 +57,13 @@ async fn participant(channel: &Channel, id: &str, seed: u8, node: &str) -> Marke
     MarketClient::new(channel.clone(), id, key)
 }
 
-fn reading(participant: &str, node: &str, import: &str, export: &str, nonce: u64) -> pb::MeterReading {
+fn reading(
+    participant: &str,
+    node: &str,
+    import: &str,
+    export: &str,
+    nonce: u64,
+) -> pb::MeterReading {
     pb::MeterReading {
         participant_id: participant.into(),
         interval_start: OPEN,
@@ -111,7 +117,10 @@ async fn await_delivery(server: &Server, interval: i64) -> Entry {
             assert_eq!(e.kind, EntryKind::DeliverySettlement);
             return e;
         }
-        assert!(Instant::now() < until, "no delivery settlement for {interval}");
+        assert!(
+            Instant::now() < until,
+            "no delivery settlement for {interval}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -152,7 +161,10 @@ async fn every_refused_reading_has_its_exact_status() {
     let (_, alice) = keys(1);
     let (_, bob) = keys(2);
     let meter = support::key(9);
-    let info = PublicClient::new(channel.clone()).market_info().await.unwrap();
+    let info = PublicClient::new(channel.clone())
+        .market_info()
+        .await
+        .unwrap();
     assert_eq!(info.meter_deadline_s, DEADLINE_S);
 
     // The meter registration and its refusals.
@@ -166,9 +178,17 @@ async fn every_refused_reading_has_its_exact_status() {
     };
     let e = status(a.register_meter("bob", "m1", &meter_hex).await.unwrap_err());
     assert_eq!(e.0, Code::AlreadyExists, "{}", e.1);
-    let e = status(a.register_meter("nobody", "m1", &meter_hex).await.unwrap_err());
+    let e = status(
+        a.register_meter("nobody", "m1", &meter_hex)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.0, Code::NotFound, "{}", e.1);
-    let e = status(a.register_meter("bob", "m 2", &meter_hex).await.unwrap_err());
+    let e = status(
+        a.register_meter("bob", "m 2", &meter_hex)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.0, Code::InvalidArgument, "{}", e.1);
     assert!(e.1.starts_with("meter_id"), "{}", e.1);
     let e = status(a.register_meter("bob", "m2", "zz").await.unwrap_err());
@@ -178,7 +198,11 @@ async fn every_refused_reading_has_its_exact_status() {
     // Early: OPEN has not ended.
     let sign = support::sign_reading;
     refused(
-        submit(&channel, sign(&alice, &reading("alice", "A", "0", "3.3", 1))).await,
+        submit(
+            &channel,
+            sign(&alice, &reading("alice", "A", "0", "3.3", 1)),
+        )
+        .await,
         Code::FailedPrecondition,
         "has not ended",
     );
@@ -204,12 +228,20 @@ async fn every_refused_reading_has_its_exact_status() {
     // Replays and duplicates.
     refused(submit(&channel, first).await, Code::AlreadyExists, "nonce");
     refused(
-        submit(&channel, sign(&alice, &reading("alice", "A", "0", "3.4", 4))).await,
+        submit(
+            &channel,
+            sign(&alice, &reading("alice", "A", "0", "3.4", 4)),
+        )
+        .await,
         Code::AlreadyExists,
         "nonce: 4 is not greater than the last accepted nonce 5",
     );
     refused(
-        submit(&channel, sign(&alice, &reading("alice", "A", "0", "3.4", 6))).await,
+        submit(
+            &channel,
+            sign(&alice, &reading("alice", "A", "0", "3.4", 6)),
+        )
+        .await,
         Code::AlreadyExists,
         "already recorded",
     );
@@ -242,7 +274,11 @@ async fn every_refused_reading_has_its_exact_status() {
         "signature",
     );
     refused(
-        submit(&channel, sign(&alice, &reading("mallory", "A", "1", "0", 1))).await,
+        submit(
+            &channel,
+            sign(&alice, &reading("mallory", "A", "1", "0", 1)),
+        )
+        .await,
         Code::NotFound,
         "participant \"mallory\" not found",
     );
@@ -252,14 +288,25 @@ async fn every_refused_reading_has_its_exact_status() {
         reading: vec![0xff, 0xff, 0xff],
         signature: vec![0; 64],
     };
-    refused(submit(&channel, garbage).await, Code::InvalidArgument, "reading:");
+    refused(
+        submit(&channel, garbage).await,
+        Code::InvalidArgument,
+        "reading:",
+    );
     let huge = pb::SignedMeterReading {
         reading: vec![0; baton_server::METER_READING_BYTES_MAX + 1],
         signature: vec![0; 64],
     };
-    refused(submit(&channel, huge).await, Code::InvalidArgument, "reading: is larger");
+    refused(
+        submit(&channel, huge).await,
+        Code::InvalidArgument,
+        "reading: is larger",
+    );
     let field_cases: [(pb::MeterReading, &str); 6] = [
-        (reading("bob", "B", "-1", "0", 9), "import_kwh: -1 is negative"),
+        (
+            reading("bob", "B", "-1", "0", 9),
+            "import_kwh: -1 is negative",
+        ),
         (reading("bob", "B", "1e3", "0", 9), "import_kwh:"),
         (reading("bob", "B", "1", "0.0000001", 9), "export_kwh:"),
         (
@@ -279,10 +326,17 @@ async fn every_refused_reading_has_its_exact_status() {
             },
             "interval_start:",
         ),
-        (reading("bob", "A", "1", "0", 9), "node: \"A\" is not participant \"bob\"'s"),
+        (
+            reading("bob", "A", "1", "0", 9),
+            "node: \"A\" is not participant \"bob\"'s",
+        ),
     ];
     for (r, needle) in field_cases {
-        refused(submit(&channel, sign(&bob, &r)).await, Code::InvalidArgument, needle);
+        refused(
+            submit(&channel, sign(&bob, &r)).await,
+            Code::InvalidArgument,
+            needle,
+        );
     }
     // Too many readings in one call: the call is refused, naming the field.
     let many: Vec<pb::SignedMeterReading> = (0..=baton_server::METER_READINGS_PER_CALL_MAX)
@@ -293,7 +347,11 @@ async fn every_refused_reading_has_its_exact_status() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
-    assert!(e.message().starts_with("readings: holds 1025"), "{}", e.message());
+    assert!(
+        e.message().starts_with("readings: holds 1025"),
+        "{}",
+        e.message()
+    );
 
     // Refusals left the state intact: the SDK's own reading (Dave is not registered; Alice
     // has hers) — a refused reading consumed nothing but nonces.
@@ -323,10 +381,14 @@ async fn every_refused_reading_has_its_exact_status() {
     server.stop().await;
 
     let key = support::operator().public_key();
-    let report = baton_audit::verify(&ledger.url, &key, Vec::new()).await.unwrap();
+    let report = baton_audit::verify(&ledger.url, &key, Vec::new())
+        .await
+        .unwrap();
     assert_eq!(report.binding.readings, 3);
     assert_eq!(report.binding.deliveries, 1);
-    let recleared = baton_audit::reclear_ledger(&ledger.url, None).await.unwrap();
+    let recleared = baton_audit::reclear_ledger(&ledger.url, None)
+        .await
+        .unwrap();
     let open = recleared.iter().find(|r| r.interval == OPEN).unwrap();
     assert!(open.delivery_postings.is_some(), "{recleared:?}");
 }
@@ -359,7 +421,12 @@ async fn delivery_is_settled_exactly_once_across_restarts() {
     clock.set_s(OPEN_END + DEADLINE_S + 30);
     let mut server = start(&ledger.url, &clock).await;
     let e = await_delivery(&server, OPEN).await;
-    assert_eq!(DeliverySettlementBody::from_bytes(&e.body).unwrap().readings, 2);
+    assert_eq!(
+        DeliverySettlementBody::from_bytes(&e.body)
+            .unwrap()
+            .readings,
+        2
+    );
     server.stop().await;
     clock.set_s(OPEN_END + DEADLINE_S + 600);
     let mut server = start(&ledger.url, &clock).await;
@@ -375,8 +442,12 @@ async fn delivery_is_settled_exactly_once_across_restarts() {
         .collect();
     assert_eq!(deliveries.len(), 1);
     let key = support::operator().public_key();
-    baton_audit::verify(&ledger.url, &key, Vec::new()).await.unwrap();
-    baton_audit::reclear_ledger(&ledger.url, None).await.unwrap();
+    baton_audit::verify(&ledger.url, &key, Vec::new())
+        .await
+        .unwrap();
+    baton_audit::reclear_ledger(&ledger.url, None)
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +496,10 @@ fn position(entries: &[Entry], f: impl Fn(&Entry) -> bool) -> usize {
 fn reading_of(entries: &[Entry], participant: &str) -> usize {
     position(entries, |e| {
         e.kind == EntryKind::MeterReading
-            && MeterReadingBody::from_bytes(&e.body).unwrap().participant_id == participant
+            && MeterReadingBody::from_bytes(&e.body)
+                .unwrap()
+                .participant_id
+                == participant
     })
 }
 
@@ -664,7 +738,12 @@ async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
     let dave = participant(&channel, "dave", 4, "B").await;
     let erin = participant(&channel, "erin", 5, "A").await;
     let sell = |node: &str, q: &str, p: &str| {
-        NewOrder::energy(OPEN, node, pb::Side::Sell, vec![BlockSpec::priced(d(q), d(p))])
+        NewOrder::energy(
+            OPEN,
+            node,
+            pb::Side::Sell,
+            vec![BlockSpec::priced(d(q), d(p))],
+        )
     };
     alice.submit(sell("A", "40", "0.04")).await.unwrap();
     erin.submit(sell("A", "5", "0.01")).await.unwrap();
@@ -688,7 +767,10 @@ async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
         )
         .await
         .unwrap();
-    assert_eq!(admin(&channel).clear_now().await.unwrap().interval_start, OPEN);
+    assert_eq!(
+        admin(&channel).clear_now().await.unwrap().interval_start,
+        OPEN
+    );
     let result = PublicClient::new(channel.clone())
         .interval_result(OPEN)
         .await
@@ -734,13 +816,34 @@ async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
     let own = |a: &str, m: String| (a.to_string(), m);
     let expected: Vec<(String, String, String)> = [
         (own("alice", "imbalance alice at A".into()), "-0.01"),
-        (own("market-operator:imbalance", "imbalance alice at A".into()), "0.01"),
+        (
+            own("market-operator:imbalance", "imbalance alice at A".into()),
+            "0.01",
+        ),
         (own("bob", "imbalance bob at B".into()), "-0.09"),
-        (own("market-operator:imbalance", "imbalance bob at B".into()), "0.09"),
-        (own("dave", format!("flex shortfall {f} for relief-B")), "-0.07"),
-        (own("network-operator", format!("flex shortfall {f} for relief-B")), "0.07"),
-        (own("dave", format!("flex penalty {f} for relief-B")), "-0.03"),
-        (own("network-operator", format!("flex penalty {f} for relief-B")), "0.03"),
+        (
+            own("market-operator:imbalance", "imbalance bob at B".into()),
+            "0.09",
+        ),
+        (
+            own("dave", format!("flex shortfall {f} for relief-B")),
+            "-0.07",
+        ),
+        (
+            own(
+                "network-operator",
+                format!("flex shortfall {f} for relief-B"),
+            ),
+            "0.07",
+        ),
+        (
+            own("dave", format!("flex penalty {f} for relief-B")),
+            "-0.03",
+        ),
+        (
+            own("network-operator", format!("flex penalty {f} for relief-B")),
+            "0.03",
+        ),
     ]
     .into_iter()
     .map(|((a, m), amt)| (a, amt.to_string(), m))
@@ -781,7 +884,9 @@ async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
     for figure in ["0.283", "0.10", "0.500/0.833", "0.03"] {
         assert!(line.contains(figure), "{figure:?} not in {line:?}\n{text}");
     }
-    assert!(text.lines().all(|l| l.chars().count() <= baton_report::TEXT_WIDTH_MAX));
+    assert!(text
+        .lines()
+        .all(|l| l.chars().count() <= baton_report::TEXT_WIDTH_MAX));
     // Balances: Bob paid for his 30 kW (30 × 0.45 × 5/60 = 1.125 → 1.13 by the settlement's
     // rule, whatever its rounding) and for his imbalance, 0.09, on top.
     let l = Ledger::open_existing(&ledger.url).await.unwrap();
@@ -792,7 +897,11 @@ async fn a_metered_flexibility_market_pays_and_penalises_to_the_cent() {
         baton_ledger::Amount::from_minor(10)
     );
     let key = support::operator().public_key();
-    baton_audit::verify(&ledger.url, &key, Vec::new()).await.unwrap();
-    let recleared = baton_audit::reclear_ledger(&ledger.url, Some(OPEN)).await.unwrap();
+    baton_audit::verify(&ledger.url, &key, Vec::new())
+        .await
+        .unwrap();
+    let recleared = baton_audit::reclear_ledger(&ledger.url, Some(OPEN))
+        .await
+        .unwrap();
     assert_eq!(recleared[0].delivery_postings, Some(8));
 }

@@ -245,7 +245,10 @@ impl NewReading {
 
 /// Serializes `reading` and signs exactly those bytes (with the participant's key, or the key
 /// of the meter `reading.meter_id` names).
-pub fn sign_meter_reading(key: &ParticipantKey, reading: &pb::MeterReading) -> pb::SignedMeterReading {
+pub fn sign_meter_reading(
+    key: &ParticipantKey,
+    reading: &pb::MeterReading,
+) -> pb::SignedMeterReading {
     let bytes = reading.encode_to_vec();
     pb::SignedMeterReading {
         signature: key.sign(&bytes).to_vec(),

@@ -247,12 +247,19 @@ async fn delivery_postings_are_zero_sum_and_indexed(db: &TestDb) {
         payload: vec![1],
         signature: [0; 64],
     };
-    let no_interval = NewEntry::new(baton_ledger::EntryKind::MeterReading, None, reading.to_bytes());
+    let no_interval = NewEntry::new(
+        baton_ledger::EntryKind::MeterReading,
+        None,
+        reading.to_bytes(),
+    );
     assert!(l.append(vec![no_interval]).await.is_err());
     l.append(vec![delivery([-12, 12])]).await.unwrap();
     let balances = l.balances().await.unwrap();
     assert_eq!(balances["bob"], Amount::from_minor(-12));
-    assert_eq!(balances["market-operator:imbalance"], Amount::from_minor(12));
+    assert_eq!(
+        balances["market-operator:imbalance"],
+        Amount::from_minor(12)
+    );
     let report = audit::verify(&db.url, &operator().public_key(), None)
         .await
         .unwrap();
