@@ -243,6 +243,20 @@ fn bench_large_book() {
         .map(|(&(columns, freed), &s)| (columns, s, freed))
         .collect();
     println!("  LP solves (columns, HiGHS s, steps freed after): {rounds:?}");
+    // What the ledger records for this interval (compact) against the pretty study file.
+    let t3 = Instant::now();
+    let compact = study::write_result_compact(&c, &s, market.participant_order_count());
+    let t_compact = t3.elapsed().as_secs_f64();
+    let t4 = Instant::now();
+    let pretty = study::write_result(&c, &s, market.participant_order_count(), None);
+    let t_pretty = t4.elapsed().as_secs_f64();
+    println!(
+        "  interval_result: {} bytes compact ({:.0} B/order, {t_compact:.2} s), {} bytes pretty ({:.0} B/order, {t_pretty:.2} s)",
+        compact.len(),
+        compact.len() as f64 / n as f64,
+        pretty.len(),
+        pretty.len() as f64 / n as f64,
+    );
 }
 
 fn main() {

@@ -25,6 +25,7 @@ use baton_ledger::{
 
 pub mod book;
 pub mod delivery;
+pub mod order_view;
 pub mod record;
 pub mod summary;
 pub mod witness;

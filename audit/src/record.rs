@@ -119,9 +119,26 @@ pub enum RecordError {
     },
 }
 
-/// The result JSON recorded for a clearing.
+/// The result JSON recorded for a clearing: compact ([`study::write_result_compact`]).
 pub fn result_bytes(market: &Market, clearing: &Clearing, settlement: &Settlement) -> Vec<u8> {
-    study::write_result(clearing, settlement, market.participant_order_count(), None).into_bytes()
+    study::write_result_compact(clearing, settlement, market.participant_order_count())
+}
+
+/// The result bytes a re-clear compares with `recorded`: compact, or — for an interval recorded
+/// before results were compact, whose bytes begin `{` and a newline — the pretty text of the
+/// same result. Either way the comparison is byte for byte.
+fn result_bytes_like(
+    recorded: &[u8],
+    market: &Market,
+    clearing: &Clearing,
+    settlement: &Settlement,
+) -> Vec<u8> {
+    if recorded.starts_with(b"{\n") {
+        study::write_result(clearing, settlement, market.participant_order_count(), None)
+            .into_bytes()
+    } else {
+        result_bytes(market, clearing, settlement)
+    }
 }
 
 // The engine settles money at `MONEY_SCALE` decimals and the ledger records amounts at exactly
@@ -223,7 +240,7 @@ pub fn reclear_keeping(
     .map_err(|source| RecordError::Invalid { interval, source })?;
     let (clearing, _) = clear(&market).map_err(|source| RecordError::Clear { interval, source })?;
     let s = settle(&market, &clearing);
-    let again = result_bytes(&market, &clearing, &s);
+    let again = result_bytes_like(result, &market, &clearing, &s);
     if again != result {
         return Err(RecordError::Mismatch {
             interval,
@@ -249,43 +266,33 @@ pub fn reclear_keeping(
     Ok((r, market, clearing))
 }
 
-/// ` at line N: recorded "…" but re-cleared "…"` for two texts.
+/// Where two recorded texts first differ: the byte offset and, from each, the text around it
+/// from the record it falls in (the last `{` before it, at most 80 bytes back) to 40 bytes on,
+/// e.g. ` at byte 212: recorded "{\"id\":\"B\",\"lmp\":0.450000,…" but re-cleared "…0.350000…"`.
 pub(crate) fn first_difference(recorded: &[u8], again: &[u8]) -> String {
-    let (a, b) = (
-        String::from_utf8_lossy(recorded),
-        String::from_utf8_lossy(again),
-    );
-    if a.lines().count() <= 1 && b.lines().count() <= 1 {
-        // One-line JSON: show where the bytes part, with some context.
-        const CONTEXT_CHARS: usize = 60;
-        let (x, y): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-        let at = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
-        if at < x.len() || at < y.len() {
-            let from = at.saturating_sub(CONTEXT_CHARS / 2);
-            let part = |v: &[char]| -> String {
-                v[from.min(v.len())..(from + CONTEXT_CHARS).min(v.len())]
-                    .iter()
-                    .collect()
-            };
-            return format!(
-                " at character {at}: recorded {:?} but re-computed {:?}",
-                part(&x),
-                part(&y)
-            );
-        }
-    }
-    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
-        if x != y {
-            return format!(
-                " at line {}: recorded {:?} but re-cleared {:?}",
-                i + 1,
-                x.trim(),
-                y.trim()
-            );
-        }
-    }
+    const BACK_BYTES_MAX: usize = 80;
+    const ON_BYTES: usize = 40;
+    let Some(i) = recorded
+        .iter()
+        .zip(again)
+        .position(|(x, y)| x != y)
+        .or_else(|| (recorded.len() != again.len()).then(|| recorded.len().min(again.len())))
+    else {
+        return String::new();
+    };
+    let from = i.saturating_sub(BACK_BYTES_MAX);
+    let start = recorded[from..i]
+        .iter()
+        .rposition(|&b| b == b'{')
+        .map_or(from, |k| from + k);
+    let window = |t: &[u8]| {
+        let end = (i + ON_BYTES).min(t.len());
+        String::from_utf8_lossy(&t[start.min(end)..end]).into_owned()
+    };
     format!(
-        ": recorded {} bytes, re-cleared {} bytes",
+        " at byte {i}: recorded {:?} but re-cleared {:?} ({} and {} bytes)",
+        window(recorded),
+        window(again),
         recorded.len(),
         again.len()
     )

@@ -41,6 +41,10 @@ pub const ENERGY_SCALE: u32 = 6;
 /// Most nodes (heat-map rows) whose prices the report keeps per interval; the rest are
 /// counted, not kept.
 pub const HEATMAP_NODES_MAX: usize = 200;
+/// Most nodes of a network the report draws as a feeder (larger networks are not drawn).
+pub const FEEDER_NODES_MAX: usize = 400;
+/// Most lines of a network the report draws as a feeder.
+pub const FEEDER_LINES_MAX: usize = 800;
 /// Most nodes named with an interval's lowest or highest price (the count is always given).
 pub const PRICE_NODES_LISTED_MAX: usize = 8;
 /// Largest magnitude accepted for any recorded number. The engine's own limits are far below
@@ -155,6 +159,54 @@ pub struct IntervalSummary {
     pub welfare: Decimal,
     /// Metered delivery, once the interval's `delivery_settlement` is recorded.
     pub delivery: Option<DeliveryFigures>,
+    /// Every line's flow, kW from its `from` node to its `to` node, in result order (for the
+    /// feeder drawing; not in the JSON).
+    #[serde(skip)]
+    pub line_flows: Vec<(String, Decimal)>,
+}
+
+/// The network the report draws: the latest one recorded (a `network` entry or an
+/// operator-entered book), at most [`FEEDER_NODES_MAX`] nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Feeder {
+    /// Node ids, in the network's order.
+    pub nodes: Vec<String>,
+    /// Lines: id, from, to, limit (kW).
+    pub lines: Vec<FeederLine>,
+    /// Nodes of the grid connections (where the drawing is rooted), in the network's order.
+    pub heads: Vec<String>,
+}
+
+/// One line of [`Feeder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeederLine {
+    /// Line id.
+    pub id: String,
+    /// From node.
+    pub from: String,
+    /// To node.
+    pub to: String,
+    /// Thermal limit on |flow|, kW; `None`: unlimited.
+    pub capacity: Option<Decimal>,
+}
+
+impl Feeder {
+    fn of(m: &MarketSpec) -> Option<Feeder> {
+        (m.nodes.len() <= FEEDER_NODES_MAX && m.lines.len() <= FEEDER_LINES_MAX).then(|| Feeder {
+            nodes: m.nodes.iter().map(|n| n.id.clone()).collect(),
+            lines: m
+                .lines
+                .iter()
+                .map(|l| FeederLine {
+                    id: l.id.clone(),
+                    from: l.from.clone(),
+                    to: l.to.clone(),
+                    capacity: l.capacity,
+                })
+                .collect(),
+            heads: m.grid_connections.iter().map(|g| g.node.clone()).collect(),
+        })
+    }
 }
 
 /// Sums and extremes over every interval of the report.
@@ -252,6 +304,9 @@ pub struct Report {
     /// Nodal prices for the heat map.
     #[serde(skip)]
     pub prices: PriceGrid,
+    /// The network to draw, if it is small enough.
+    #[serde(skip)]
+    pub feeder: Option<Feeder>,
 }
 
 /// A decimal read exactly from its JSON text (a number or a decimal string).
@@ -302,6 +357,7 @@ struct IdIn {
 #[derive(Deserialize)]
 struct LineIn {
     id: String,
+    flow: Num,
     congested: bool,
 }
 
@@ -383,6 +439,8 @@ pub struct ReportBuilder {
     gated: BTreeMap<i64, (usize, usize, usize)>,
     /// Per interval: who signed orders for it.
     signers: BTreeMap<i64, BTreeSet<String>>,
+    /// The latest network recorded, as drawn.
+    feeder: Option<Feeder>,
 }
 
 fn entry_error(e: &Entry, reason: impl std::fmt::Display) -> ReportError {
@@ -448,6 +506,7 @@ impl ReportBuilder {
         if e.kind == EntryKind::Network {
             if let Ok(m) = serde_json::from_slice::<MarketSpec>(&e.body) {
                 self.network = Some((m.nodes.len(), m.lines.len(), m.grid_connections.len()));
+                self.feeder = Feeder::of(&m);
             }
         }
         let Some(t) = e.interval_start else {
@@ -504,6 +563,7 @@ impl ReportBuilder {
         let (nodes, lines, grid_connections) = match &input.market {
             // An operator-entered book carries its market.
             Some(m) => {
+                self.feeder = Feeder::of(m);
                 for o in &m.orders {
                     self.participants
                         .insert(o.participant.clone().unwrap_or_else(|| o.id.clone()));
@@ -596,6 +656,7 @@ impl ReportBuilder {
             flex_cost: Decimal::ZERO,
             welfare: r.welfare.0,
             delivery: None,
+            line_flows: r.lines.iter().map(|l| (l.id.clone(), l.flow.0)).collect(),
         };
         let mut prices = Vec::new();
         for n in &r.nodes {
@@ -713,6 +774,7 @@ impl ReportBuilder {
             intervals,
             totals,
             prices: grid,
+            feeder: self.feeder,
         })
     }
 }
@@ -738,6 +800,7 @@ fn not_cleared(t: i64, reason: String, orders: usize) -> IntervalSummary {
         flex_cost: round_at(Decimal::ZERO, MONEY_SCALE),
         welfare: Decimal::ZERO,
         delivery: None,
+        line_flows: Vec::new(),
     }
 }
 

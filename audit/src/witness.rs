@@ -42,6 +42,8 @@ pub const NOTE_EXTENSION: &str = "note";
 pub const COSIGNATURE_LABEL: &str = "cosignature/v1";
 /// The C2SP signature-type byte of an ed25519 cosignature, hashed into its key id.
 const COSIGNATURE_ALGORITHM: u8 = 0x04;
+/// Latest cosignature timestamp, POSIX seconds: 2^63 − 1 (C2SP tlog-cosignature).
+pub const COSIGNATURE_TIMESTAMP_MAX: u64 = i64::MAX as u64;
 /// Bytes of a decoded cosignature: key id, timestamp, ed25519 signature.
 const COSIGNATURE_BYTES: usize = 4 + 8 + 64;
 /// Largest note file the witness reads, bytes (a checkpoint note is a few hundred).
@@ -72,6 +74,9 @@ pub enum WitnessError {
     /// No server to follow.
     #[error("no server to follow")]
     NoServers,
+    /// A cosignature timestamp above 2^63 − 1 (C2SP tlog-cosignature forbids it).
+    #[error("cosignature timestamp {0} exceeds 2^63 - 1")]
+    Timestamp(u64),
     /// The witness name cannot be a note signature line's name.
     #[error("invalid witness name {0:?}: 1..={WITNESS_NAME_BYTES_MAX} bytes without spaces or control characters")]
     InvalidName(String),
@@ -270,6 +275,9 @@ impl Cosignature {
         timestamp: u64,
     ) -> Result<Cosignature, WitnessError> {
         check_name(name)?;
+        if timestamp > COSIGNATURE_TIMESTAMP_MAX {
+            return Err(WitnessError::Timestamp(timestamp));
+        }
         Ok(Cosignature {
             name: name.to_string(),
             key_id: cosignature_key_id(name, &key.public_key()),
@@ -310,10 +318,14 @@ impl Cosignature {
                 if b.len() != COSIGNATURE_BYTES {
                     return None;
                 }
+                let timestamp = u64::from_be_bytes(b[4..12].try_into().ok()?);
+                if timestamp > COSIGNATURE_TIMESTAMP_MAX {
+                    return None;
+                }
                 Some(Cosignature {
                     name: name.to_string(),
                     key_id: b[..4].try_into().ok()?,
-                    timestamp: u64::from_be_bytes(b[4..12].try_into().ok()?),
+                    timestamp,
                     signature: b[12..].try_into().ok()?,
                 })
             })
@@ -817,6 +829,41 @@ mod tests {
             format!("cosignature/v1\ntime 7\n{}", cp.signed_text())
         );
         assert!(Cosignature::sign(&cp, "two words", &w, 1).is_err());
+        assert!(Cosignature::sign(&cp, "w", &w, COSIGNATURE_TIMESTAMP_MAX + 1).is_err());
+    }
+
+    /// The line's layout, spelled out from C2SP tlog-cosignature (not from this module): the
+    /// key id is SHA-256(name ‖ "\n" ‖ 0x04 ‖ key)[:4], then the timestamp as a big-endian u64,
+    /// then the 64-byte ed25519 signature over `cosignature/v1\ntime <t>\n` + the note body.
+    #[test]
+    fn cosignature_line_follows_the_c2sp_layout() {
+        let op = OperatorKey::from_seed(&[1; 32]);
+        let w = OperatorKey::from_seed(&[2; 32]);
+        let cp = Checkpoint::sign(&op, "baton.test/ledger", 9, [3; 32]).unwrap();
+        let c = Cosignature::sign(&cp, "regulator.example/w1", &w, 1_679_315_147).unwrap();
+        let line = c.to_line();
+        let rest = line.strip_prefix("\u{2014} regulator.example/w1 ").unwrap();
+        let b = B64.decode(rest.trim_end()).unwrap();
+        assert_eq!(b.len(), 4 + 8 + 64);
+        let mut id_input = b"regulator.example/w1\n\x04".to_vec();
+        id_input.extend_from_slice(&w.public_key().to_bytes());
+        assert_eq!(b[..4], Sha256::digest(&id_input)[..4]);
+        assert_eq!(b[4..12], 1_679_315_147u64.to_be_bytes());
+        let message = format!(
+            "cosignature/v1\ntime 1679315147\nbaton.test/ledger\n9\n{}\n",
+            B64.encode([3u8; 32])
+        );
+        let sig: [u8; 64] = b[12..].try_into().unwrap();
+        assert!(w.public_key().verify_strict(message.as_bytes(), &sig));
+        // A timestamp past 2^63 − 1 is not a cosignature.
+        let mut late = b.clone();
+        late[4..12].copy_from_slice(&(1u64 << 63).to_be_bytes());
+        let forged = format!(
+            "{}\n\u{2014} regulator.example/w1 {}\n",
+            cp.to_note(),
+            B64.encode(late)
+        );
+        assert!(Cosignature::parse_all(&forged).is_empty());
     }
 
     /// A log in memory: leaves `0..size`, a checkpoint at every size, a knob to corrupt paths.

@@ -1357,3 +1357,53 @@ fn check_fill_rule(market: &Market, book: &Book, sol: &LpSolution) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lp::Step;
+
+    fn step(side: Side, quantity: &str, device: Option<usize>) -> Step {
+        Step {
+            node: 0,
+            side,
+            price: Decimal::ONE,
+            quantity: quantity.parse().unwrap(),
+            device,
+        }
+    }
+
+    fn q(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    /// Issue 10, defect 2, on the island-balance path itself: two quanta too much sold must
+    /// raise the partially accepted buys, but the first one is on a device with `room` quanta
+    /// of room left; the rest goes to the next partial buy, and the device never passes its
+    /// capacity.
+    fn absorb(room: &str) -> (Vec<Decimal>, (Decimal, Decimal)) {
+        let steps = [
+            step(Side::Buy, "10", Some(0)),
+            step(Side::Buy, "5", None),
+            step(Side::Sell, "10", None),
+        ];
+        let mut accepted = vec![q("4"), q("2"), q("6.000002")];
+        let mut rooms = [(q("9"), q(room))];
+        balance_islands(&steps, &[0], &[Decimal::ZERO], &mut accepted, &mut rooms).unwrap();
+        (accepted, rooms[0])
+    }
+
+    #[test]
+    fn the_island_residue_skips_a_device_at_capacity() {
+        let (accepted, room) = absorb("0");
+        assert_eq!(accepted, [q("4"), q("2.000002"), q("6.000002")]);
+        assert_eq!(room, (q("9"), q("0")));
+    }
+
+    #[test]
+    fn the_island_residue_fills_a_device_only_to_its_room() {
+        let (accepted, room) = absorb("0.000001");
+        assert_eq!(accepted, [q("4.000001"), q("2.000001"), q("6.000002")]);
+        assert_eq!(room, (q("9.000001"), q("0.000000")));
+    }
+}

@@ -377,7 +377,31 @@ pub fn write_result(
     participant_orders: usize,
     timings: Option<serde_json::Value>,
 ) -> String {
-    let out = ResultOut {
+    let out = result_out(clearing, settlement, participant_orders, timings);
+    let mut s = serde_json::to_string_pretty(&out).expect("result serialises");
+    s.push('\n');
+    s
+}
+
+/// The same result as [`write_result`], as compact JSON: no whitespace between tokens, no
+/// timings. These are the bytes the ledger records (`benches/clear.rs` prints both sizes for a
+/// large book), deterministic like the pretty ones.
+pub fn write_result_compact(
+    clearing: &Clearing,
+    settlement: &Settlement,
+    participant_orders: usize,
+) -> Vec<u8> {
+    let out = result_out(clearing, settlement, participant_orders, None);
+    serde_json::to_vec(&out).expect("result serialises")
+}
+
+fn result_out<'a>(
+    clearing: &'a Clearing,
+    settlement: &'a Settlement,
+    participant_orders: usize,
+    timings: Option<serde_json::Value>,
+) -> ResultOut<'a> {
+    ResultOut {
         format: RESULT_FORMAT,
         market: &clearing.market,
         status: "optimal",
@@ -498,10 +522,7 @@ pub fn write_result(
                 .collect(),
         },
         timings_s: timings,
-    };
-    let mut s = serde_json::to_string_pretty(&out).expect("result serialises");
-    s.push('\n');
-    s
+    }
 }
 
 /// Writes a market spec as study JSON (energy orders only; grid connections, devices and

@@ -1,6 +1,7 @@
-//! The HTML market report: one self-contained file — inline CSS and inline SVG, no scripts, no
-//! fonts, images or styles fetched from anywhere — so it can be mailed, archived and opened
-//! offline. Every piece of recorded text is escaped; numbers are the recorded decimals.
+//! The HTML market report: one self-contained file — inline CSS, inline SVG and one small inline
+//! script (the feeder drawing's interval control), no fonts, images, styles or scripts fetched
+//! from anywhere — so it can be mailed, archived and opened offline; without scripts it still
+//! shows everything but the feeder's other intervals. Every piece of recorded text is escaped; numbers are the recorded decimals.
 
 use std::fmt::Write as _;
 
@@ -64,7 +65,7 @@ const SCALE_RGB: [[u8; 3]; 3] = [[44, 123, 182], [255, 255, 191], [215, 25, 28]]
 const NO_PRICE_FILL: &str = "#d9d9d9";
 
 /// The colour at `t` ∈ [0, 1] of the price scale, interpolated exactly and rounded.
-fn colour(t: Decimal) -> String {
+pub(crate) fn colour(t: Decimal) -> String {
     let t = t.clamp(Decimal::ZERO, Decimal::ONE);
     let half = Decimal::new(5, 1);
     let (a, b, u) = if t <= half {
@@ -82,7 +83,7 @@ fn colour(t: Decimal) -> String {
 }
 
 /// Where `p` sits between `lo` and `hi`.
-fn fraction(p: Decimal, lo: Decimal, hi: Decimal) -> Decimal {
+pub(crate) fn fraction(p: Decimal, lo: Decimal, hi: Decimal) -> Decimal {
     if hi <= lo {
         Decimal::new(5, 1)
     } else {
@@ -102,7 +103,7 @@ color:#555}.audit{padding:.5em .8em;border-radius:4px;font-weight:600}\
 .none{background:#f1f3f4;color:#444;font-weight:normal}.scroll{overflow-x:auto}\
 svg text{font:11px system-ui,sans-serif;fill:#333}.p2p{fill:#1a9850}.imp{fill:#f46d43}\
 .exp{fill:#4575b4}.flex{fill:#762a83}.axis{stroke:#999;stroke-width:1}\
-.note{color:#666;font-size:.9em}.mono{font-family:ui-monospace,monospace;font-size:.9em}\
+.note{color:#666;font-size:.9em}.ln.cong{stroke-dasharray:6 3}.nd.head{stroke-width:2}.mono{font-family:ui-monospace,monospace;font-size:.9em}\
 tr.nc td{color:#7f1d1d}";
 
 /// The HTML report: title, market and run facts, the audit status if given, a nodal price heat
@@ -172,6 +173,7 @@ intervals; the facts, totals and congested lines cover all of them.</p>"
         );
     }
     heat_map(&mut o, report, first, &time);
+    super::feeder::feeder(&mut o, report, first, &time);
     volumes(&mut o, report, shown, &time);
     flexibility(&mut o, report, shown, &time);
     congestion(&mut o, report, &time);

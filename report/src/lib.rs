@@ -10,6 +10,7 @@ use baton_audit::summary::{IntervalStatus, Report};
 use baton_engine::units::round_at;
 use rust_decimal::Decimal;
 
+mod feeder;
 mod html;
 
 pub use baton_audit::summary::HEATMAP_NODES_MAX;

@@ -5,25 +5,45 @@
 //! trade over accelerated five-minute intervals, prints a line per interval as it clears, then
 //! the summary, runs the regulator's `audit verify` and `audit reclear` on the ledger it produced
 //! and writes an HTML report.
+//!
+//! The demo plays the network operator too: when a line congests, it posts (through the admin
+//! API, as an operator would) a flexibility requirement on the area behind the line — up for
+//! an area the line cannot feed enough, down for one it cannot export enough from — which the
+//! batteries there compete for from the next intervals on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::BTreeSet;
+
 use anyhow::{bail, Context, Result};
 use baton_agents::{self as agents, Population, PopulationFile, RunConfig};
+use baton_client::{AdminClient, AdminKey, Decimal, FlexDirection, FlexRequirement};
 use baton_ledger::OperatorKey;
-use baton_server::{self as server, ScaledClock, ServerConfig};
+use baton_server::{self as server, Clock, ServerConfig};
 
 /// The built-in population and the network it names (so the demo runs from any directory).
 const POPULATION_TOML: &str = include_str!("../../scenarios/ieee33-agents.toml");
 const NETWORK_TOML: &str = include_str!("../../scenarios/ieee33-feeder.toml");
 /// Market seconds per real second: a five-minute interval passes in three real seconds.
 const DEMO_TIME_SCALE_DEFAULT: f64 = 100.0;
-/// Where the demo's market clock starts, unix seconds: 2026-06-21 16:58 UTC, two minutes
-/// before the evening hour it trades (PV fading, households' evening peak, EVs arriving).
-/// Fixed, so every run trades the same hour of the same day.
-const DEMO_CLOCK_START_S: i64 = 1_782_061_080;
+/// Midnight UTC of the demo's day, unix seconds: 2026-06-21 (midsummer). Fixed, so every run
+/// trades the same hours of the same day.
+const DEMO_DAY_S: i64 = 1_782_000_000;
+/// Once the prosumers are registered, the market clock starts this long before the first
+/// interval traded, market seconds: three minutes, two before its gate (which closes a minute
+/// before it starts), so at the default scale the agents have 1.2 real seconds to send their
+/// first orders.
+const DEMO_CLOCK_LEAD_S: i64 = 180;
+/// Where the demo trades from by default, minutes after midnight: 17:00, the evening hour
+/// (PV fading, households' evening peak, the estate's EVs arriving on the weak lateral).
+const DEMO_START_MINUTE_DEFAULT: &str = "17:00";
+/// The operator's flexibility requirement on the area behind a congested line, as a share of
+/// the line's capacity.
+const FLEX_REQUIREMENT_SHARE_OF_LIMIT: Decimal = Decimal::from_parts(5, 0, 0, false, 2);
+/// The most the operator pays for that flexibility, currency per kW per hour.
+const FLEX_REQUIREMENT_PRICE: Decimal = Decimal::from_parts(30, 0, 0, false, 2);
 /// Intervals traded by default: one hour of five-minute intervals.
 const DEMO_INTERVALS_DEFAULT: u32 = 12;
 /// Longest a demo may run, intervals (a day).
@@ -42,6 +62,9 @@ pub(crate) struct DemoArgs {
     /// Five-minute intervals to trade (12 = one simulated hour).
     #[arg(long, default_value_t = DEMO_INTERVALS_DEFAULT)]
     intervals: u32,
+    /// Time of day (UTC, HH:MM on a five-minute boundary) of the first interval traded.
+    #[arg(long, default_value = DEMO_START_MINUTE_DEFAULT, value_parser = parse_start)]
+    start: i64,
     /// Market seconds per real second.
     #[arg(long, default_value_t = DEMO_TIME_SCALE_DEFAULT)]
     time_scale: f64,
@@ -51,6 +74,56 @@ pub(crate) struct DemoArgs {
     /// A population file instead of the built-in IEEE 33-bus one.
     #[arg(long)]
     population: Option<PathBuf>,
+}
+
+/// Market time held at its origin until [`HeldClock::release`], then running `scale` times
+/// faster than real time: the prosumers register however long that takes, and the market's
+/// hours start only then.
+#[derive(Debug)]
+struct HeldClock {
+    origin_ms: i64,
+    scale: f64,
+    released: std::sync::OnceLock<Instant>,
+}
+
+impl HeldClock {
+    fn new(origin_ms: i64, scale: f64) -> Self {
+        HeldClock {
+            origin_ms,
+            scale,
+            released: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts the clock (once; later calls change nothing).
+    fn release(&self) {
+        let _ = self.released.set(Instant::now());
+    }
+}
+
+impl Clock for HeldClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed_ms = self
+            .released
+            .get()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0 * self.scale);
+        self.origin_ms + elapsed_ms as i64
+    }
+
+    fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+/// `HH:MM` → seconds after midnight, on a five-minute boundary.
+fn parse_start(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not HH:MM (00:00 to 23:55, a multiple of 5 minutes)");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(0..24).contains(&h) || !(0..60).contains(&m) || m % 5 != 0 {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60)
 }
 
 pub(crate) fn run(a: DemoArgs) -> Result<()> {
@@ -108,7 +181,12 @@ async fn demo(
     let db = format!("sqlite://{}", db_path.display());
     let mut config = ServerConfig::new(db.clone(), key);
     config.scenario = Some(population.network_toml.clone());
-    config.clock = Arc::new(ScaledClock::new(DEMO_CLOCK_START_S * 1000, a.time_scale));
+    let first = DEMO_DAY_S + a.start;
+    let clock = Arc::new(HeldClock::new(
+        (first - DEMO_CLOCK_LEAD_S) * 1000,
+        a.time_scale,
+    ));
+    config.clock = clock.clone();
     config.intervals_ahead = 2;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -144,13 +222,24 @@ async fn demo(
         population.agents.len(),
         population.seed
     );
+    let buses = population
+        .agents
+        .iter()
+        .filter(|x| x.id().starts_with("bus-"))
+        .count();
+    if buses > 0 {
+        println!("  bus loads   {buses} (the rest of each bus's load, must-take)");
+    }
     println!(
-        "  clock       {} intervals of 5 minutes from 2026-06-21 17:00 UTC, {}x real time",
-        a.intervals, a.time_scale
+        "  clock       {} intervals of 5 minutes from 2026-06-21 {:02}:{:02} UTC, {}x real time",
+        a.intervals,
+        a.start / 3600,
+        a.start % 3600 / 60,
+        a.time_scale
     );
     println!();
 
-    let outcome = trade(&a, &dir, addr, &mut population).await;
+    let outcome = trade(&a, &dir, addr, first, &clock, &mut population).await;
     let _ = stop_tx.send(());
     let stopped = server_task.await;
     outcome?;
@@ -211,18 +300,21 @@ async fn demo(
     Ok(())
 }
 
-/// Registers the population and trades the intervals, printing a line per interval.
+/// Registers the population and trades the intervals, printing a line per interval, while
+/// the operator posts a flexibility requirement behind each line the first time it congests.
 async fn trade(
     a: &DemoArgs,
     dir: &Path,
     addr: std::net::SocketAddr,
+    first: i64,
+    clock: &HeldClock,
     population: &mut Population,
 ) -> Result<()> {
     let channel = baton_client::connect(&format!("http://{addr}"))
         .await
         .context("connecting to the demo market")?;
-    let operator = baton_client::AdminKey::load(dir.join(baton_ledger::key::OPERATOR_KEY_FILE))
-        .context("loading the operator key")?;
+    let key_path = dir.join(baton_ledger::key::OPERATOR_KEY_FILE);
+    let operator = AdminKey::load(&key_path).context("loading the operator key")?;
     let t = Instant::now();
     let added = agents::register(channel.clone(), operator, population)
         .await
@@ -231,23 +323,124 @@ async fn trade(
         "registered {added} prosumers with their public keys in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    clock.release();
     let config = RunConfig {
         intervals: a.intervals,
+        first_interval: Some(first),
         ..RunConfig::default()
     };
-    agents::run(channel, population, &config, |r| {
+    let admin = AdminClient::new(
+        channel.clone(),
+        AdminKey::load(&key_path).context("loading the operator key")?,
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(String, Decimal)>>();
+    let network = population.network.clone();
+    let head = population
+        .network
+        .grid_connections
+        .iter()
+        .find(|g| g.id == population.grid_connection)
+        .map(|g| g.node.clone())
+        .context("the population's grid connection is not in its network")?;
+    let operator_task = tokio::spawn(operate(admin, network, head, rx));
+    let traded = agents::run(channel, population, &config, |r| {
         println!("{}", progress_line(r));
+        let _ = tx.send(r.congested.clone());
     })
     .await
-    .context("trading")?;
+    .context("trading");
+    drop(tx);
+    let operated = operator_task.await.context("the operator task")?;
+    traded?;
+    operated
+}
+
+/// The operator: the first time a line congests, posts a flexibility requirement on the area
+/// behind it — up-flexibility when the flow into the area is at the limit, down when the flow
+/// out of it is — for `FLEX_REQUIREMENT_SHARE_OF_LIMIT` of the line's capacity at up to
+/// `FLEX_REQUIREMENT_PRICE`.
+async fn operate(
+    admin: AdminClient,
+    network: baton_engine::MarketSpec,
+    head: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Decimal)>>,
+) -> Result<()> {
+    let mut posted: BTreeSet<String> = BTreeSet::new();
+    while let Some(congested) = rx.recv().await {
+        for (line, flow) in congested {
+            if posted.contains(&line) {
+                continue;
+            }
+            let Some(area) = agents::feeder::behind(&network, &head, &line) else {
+                continue;
+            };
+            let Some(capacity) = network
+                .lines
+                .iter()
+                .find(|l| l.id == line)
+                .and_then(|l| l.capacity)
+            else {
+                continue;
+            };
+            let into_area = (flow > Decimal::ZERO) == area.forward;
+            let direction = if into_area {
+                FlexDirection::Up
+            } else {
+                FlexDirection::Down
+            };
+            let quantity = (capacity * FLEX_REQUIREMENT_SHARE_OF_LIMIT).round_dp(0);
+            let requirement = FlexRequirement {
+                id: format!("relieve-{line}"),
+                nodes: area.nodes.clone(),
+                direction,
+                blocks: vec![(quantity, FLEX_REQUIREMENT_PRICE)],
+                buyer: None,
+            };
+            admin
+                .post_flex_requirement(&requirement)
+                .await
+                .with_context(|| format!("posting {}", requirement.id))?;
+            println!(
+                "      operator: {line} congested ({} kW {} nodes {}): posted {} {} kW of {}-flexibility at up to {}",
+                flow.abs().round_dp(0),
+                if into_area { "into" } else { "out of" },
+                area.nodes.join(","),
+                requirement.id,
+                quantity,
+                if into_area { "up" } else { "down" },
+                FLEX_REQUIREMENT_PRICE,
+            );
+            posted.insert(line);
+        }
+    }
     Ok(())
 }
 
-/// One line per cleared interval: `[ 3/12] 17:10 UTC  412 orders …`.
+/// One line per cleared interval: the book, the price range across nodes, the congested lines
+/// and the flexibility procured. (Delivered flexibility and imbalance volume and cost belong
+/// here too once intervals are settled against meter readings: they will come from the
+/// ledger's delivery settlement, not from the runner.)
 fn progress_line(r: &agents::IntervalReport) -> String {
     let hm = r.interval_start.rem_euclid(86_400);
+    let congested = if r.congested.is_empty() {
+        "-".to_string()
+    } else {
+        r.congested
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let flex_nodes = if r.flex_by_node.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " at {}",
+            r.flex_by_node.keys().cloned().collect::<Vec<_>>().join(",")
+        )
+    };
     format!(
-        "[{:>3}] {:02}:{:02} UTC  {:>4} orders ({} refused)  agents bought {:>7} kW, sold {:>7} kW, flex {:>6} kW  price {}..{} /kWh  ({} ms)",
+        "[{:>3}] {:02}:{:02} UTC  {:>4} orders ({} refused)  agents bought {:>7} kW, sold {:>7} kW  price {}..{} /kWh ({} prices)  congested {}  flex {} kW{}  ({} ms)",
         r.index,
         hm / 3600,
         hm % 3600 / 60,
@@ -255,9 +448,12 @@ fn progress_line(r: &agents::IntervalReport) -> String {
         r.refused,
         r.bought_kw.round_dp(1),
         r.sold_kw.round_dp(1),
-        r.flex_kw.round_dp(1),
         r.price_min.round_dp(4),
         r.price_max.round_dp(4),
+        r.distinct_prices,
+        congested,
+        r.flex_kw.round_dp(1),
+        flex_nodes,
         r.submit_ms,
     )
 }

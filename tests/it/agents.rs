@@ -24,11 +24,14 @@ const AGENTS: usize = 30;
 const INTERVALS: u32 = 3;
 const SEED: u64 = 2027;
 
-/// The shipped population (flexibility offers on) with `seed`, cut to `AGENTS` prosumers.
+/// The shipped population (flexibility offers on) with `seed`, cut to `AGENTS` households
+/// (without its clusters and bus loads, which `tests/it/demo.rs` and `tests/it/feeder.rs` run).
 fn population_of(seed: u64) -> Population {
     let mut f = PopulationFile::parse(POPULATION).unwrap();
     f.seed = seed;
     f.prosumers = AGENTS;
+    f.cluster.clear();
+    f.bus_load = None;
     Population::generate(&f, FEEDER).unwrap()
 }
 
@@ -66,6 +69,24 @@ async fn run_once() -> Run {
         .await
         .unwrap();
     assert_eq!(again, 0);
+    // The operator asks for up-flexibility on the far laterals (13-18 and 29-33), as
+    // operators do, through the admin API.
+    let admin =
+        baton_client::AdminClient::new(channel.clone(), AdminKey::from_seed(&OPERATOR_SEED));
+    let nodes = (13..=18).chain(29..=33).map(|n| n.to_string()).collect();
+    admin
+        .post_flex_requirement(&baton_client::FlexRequirement {
+            id: "evening-laterals".into(),
+            nodes,
+            direction: baton_client::FlexDirection::Up,
+            blocks: vec![
+                (Decimal::from(15), Decimal::new(50, 2)),
+                (Decimal::from(20), Decimal::new(12, 2)),
+            ],
+            buyer: None,
+        })
+        .await
+        .unwrap();
     let cfg = RunConfig {
         intervals: INTERVALS,
         streams: 3,
@@ -225,8 +246,8 @@ async fn agents_trade_on_the_ieee33_feeder_and_replay_identically() {
         .filter(|(a, b)| a.battery() != b.battery())
         .count();
     assert!(moved > 0, "some battery traded");
-    // The operator's evening-laterals requirement (up, nodes 13-18 and 29-33) buys from the
-    // batteries there.
+    // The operator's evening-laterals requirement (up, nodes 13-18 and 29-33, posted above)
+    // buys from the batteries there.
     let flex: Decimal = first.summary.intervals.iter().map(|r| r.flex_kw).sum();
     assert!(flex > Decimal::ZERO, "some flexibility was allocated");
 
@@ -292,8 +313,13 @@ fn the_cli_writes_the_csv_the_operator_imports_and_trades() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(text, population_of(SEED).participants_csv());
-    assert_eq!(text.lines().count(), AGENTS + 1);
+    // The whole file: the 30 households, the estate's 120 and the 24 farms, 32 bus loads.
+    let mut f = PopulationFile::parse(POPULATION).unwrap();
+    f.seed = SEED;
+    f.prosumers = AGENTS;
+    let whole = Population::generate(&f, FEEDER).unwrap();
+    assert_eq!(text, whole.participants_csv());
+    assert_eq!(text.lines().count(), AGENTS + 120 + 24 + 32 + 1);
 
     let url = serve.process.url();
     let out = baton()

@@ -207,7 +207,7 @@ fn reclear_catches_an_operator_who_signed_a_wrong_price() {
     );
     let forged = String::from_utf8(entries[2].body.clone())
         .unwrap()
-        .replacen("\"lmp\": 0.350000", "\"lmp\": 0.450000", 1);
+        .replacen("\"lmp\":0.350000", "\"lmp\":0.450000", 1);
     entries[2].body = forged.into_bytes();
     let keys = dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
@@ -236,10 +236,9 @@ fn reclear_catches_an_operator_who_signed_a_wrong_price() {
     ]);
     let e = fails(&["audit", "reclear", "--db", &db]);
     assert!(
-        e.contains("interval 1800000000: result differs from the recording at line")
-            && e.contains(
-                "recorded \"\\\"lmp\\\": 0.450000,\" but re-cleared \"\\\"lmp\\\": 0.350000,\""
-            ),
+        e.contains("interval 1800000000: result differs from the recording at byte")
+            && e.contains(r#"recorded "{\"id\":\"B\",\"lmp\":0.4"#)
+            && e.contains(r#"but re-cleared "{\"id\":\"B\",\"lmp\":0.3"#),
         "{e}"
     );
 }

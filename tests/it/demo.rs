@@ -1,12 +1,19 @@
 //! `baton demo` at a reduced size, as a user runs it (the built binary, a fresh directory), and
 //! the README's quick start: exactly two `sh` blocks, the demo first, then the tests.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
+use rust_decimal::Decimal;
+
 /// Prosumers and intervals of the reduced demo: small enough for CI, large enough that every
-/// part (P2P trades, batteries, EVs, flexibility, several intervals) shows up.
+/// part (P2P trades, batteries, EVs, congestion, flexibility, several intervals) shows up. The
+/// estate's EVs (a cluster of the population, not cut by `--prosumers`) have all arrived by
+/// 17:45, so the weak lateral congests from the first interval.
 const DEMO_PROSUMERS: &str = "40";
-const DEMO_INTERVALS: &str = "3";
+const DEMO_INTERVALS: &str = "4";
+const DEMO_START: &str = "17:45";
+const FEEDER: &str = include_str!("../../scenarios/ieee33-feeder.toml");
 
 #[test]
 fn the_demo_trades_audits_and_writes_its_report() {
@@ -19,6 +26,8 @@ fn the_demo_trades_audits_and_writes_its_report() {
             DEMO_PROSUMERS,
             "--intervals",
             DEMO_INTERVALS,
+            "--start",
+            DEMO_START,
         ])
         .args(["--time-scale", "100"])
         .arg("--dir")
@@ -32,15 +41,51 @@ fn the_demo_trades_audits_and_writes_its_report() {
         "baton demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     // A progress line per interval, then the summary, the audit and the report's path.
-    let progress = stdout.lines().filter(|l| l.starts_with('[')).count();
-    assert_eq!(progress, 3, "{stdout}");
-    assert!(stdout.contains("registered 40 prosumers"), "{stdout}");
+    let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(progress.len(), 4, "{stdout}");
+    // 40 households, the estate's 120 and the 24 farms, and 32 bus loads.
+    assert!(stdout.contains("registered 216 prosumers"), "{stdout}");
     assert!(stdout.contains("audit verify: "), "{stdout}");
-    // The three traded intervals and the empty one before the agents' first, all re-cleared.
     assert!(
         stdout.contains("audit reclear: 4 interval(s) re-cleared"),
         "{stdout}"
     );
+    // The market, interval by interval: the weak lateral congests and prices separate.
+    let field = |line: &str, key: &str| -> String {
+        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[at..].split_whitespace().next().unwrap().to_string()
+    };
+    let congested: Vec<String> = progress.iter().map(|l| field(l, "congested ")).collect();
+    assert!(
+        congested.iter().any(|c| c.split(',').any(|l| l == "l22")),
+        "the weak lateral congests: {stdout}"
+    );
+    let prices: Vec<usize> = progress
+        .iter()
+        .map(|l| field(l, "/kWh (").parse().unwrap())
+        .collect();
+    assert!(prices.iter().any(|&n| n >= 2), "prices separate: {stdout}");
+    // The operator posted its requirement behind the line, and flexibility was procured there.
+    assert!(
+        stdout.contains("operator: l22 congested") && stdout.contains("relieve-l22"),
+        "{stdout}"
+    );
+    let network = baton_engine::scenario::parse(FEEDER).unwrap().market;
+    let behind: BTreeSet<String> = baton_agents::feeder::behind(&network, "1", "l22")
+        .unwrap()
+        .nodes
+        .into_iter()
+        .collect();
+    let procured_behind = progress.iter().any(|l| {
+        let kw: Decimal = field(l, " flex ").parse().unwrap();
+        let at = l.find(" kW at ").map(|i| &l[i + 7..]);
+        kw > Decimal::ZERO
+            && at.is_some_and(|a| {
+                let nodes = a.split_whitespace().next().unwrap();
+                nodes.split(',').any(|n| behind.contains(n))
+            })
+    });
+    assert!(procured_behind, "flexibility procured behind l22: {stdout}");
     // The summary table has a row per interval and a totals line.
     assert!(stdout.contains("\ntotal "), "{stdout}");
     let report = stdout
@@ -49,8 +94,23 @@ fn the_demo_trades_audits_and_writes_its_report() {
         .expect("the report's path is printed");
     let html = std::fs::read_to_string(report).unwrap();
     assert!(html.contains("<svg"), "the report draws its heat map");
-    // The ledger verifies on its own, with the public key the demo wrote.
+    assert!(html.contains("id=\"feeder\""), "and the feeder");
+    // The ledger says the same: a congested interval with distinct prices, and the
+    // requirement procured.
     let db = format!("sqlite://{}", demo_dir.join("baton.db").display());
+    let rep = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(baton_audit::summary::read(&db))
+        .unwrap();
+    assert!(rep.intervals.iter().any(|s| {
+        s.congested_lines.iter().any(|l| l == "l22")
+            && s.price_min.as_ref().map(|p| p.price) < s.price_max.as_ref().map(|p| p.price)
+    }));
+    assert!(rep.intervals.iter().any(|s| s
+        .flex
+        .iter()
+        .any(|f| f.requirement == "relieve-l22" && f.procured_kw > Decimal::ZERO)));
+    // The ledger verifies on its own, with the public key the demo wrote.
     let verify = Command::new(crate::BATON)
         .args(["audit", "verify", "--db", &db, "--operator-pubkey"])
         .arg(demo_dir.join("operator.pub"))

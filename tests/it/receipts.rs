@@ -1,5 +1,5 @@
 //! Signed order receipts end to end: a real in-process server on loopback gRPC and a real
-//! SQLite ledger. Every acknowledged order carries the operator's receipt; `baton audit
+//! ledger, on SQLite and on PostgreSQL. Every acknowledged order carries the operator's receipt; `baton audit
 //! check-receipt` and the SDK's `prove_receipt` show it included with the server's fill and
 //! payment, and catch an operator who rewrites the ledger (with valid signatures throughout)
 //! to leave the order out, writing evidence a third party can check.
@@ -16,7 +16,7 @@ use baton_client::{
 use baton_ledger::audit::InclusionProof;
 use baton_ledger::{Entry, Ledger};
 use baton_proto::receipt::{judge_order_entry, EntryView};
-use support::{INTERVAL_S, OPERATOR_SEED, T0};
+use support::{TempLedger, INTERVAL_S, OPERATOR_SEED, T0};
 use tokio_stream::StreamExt;
 
 /// The first interval open for orders: the server starts one second into T0.
@@ -60,8 +60,8 @@ struct Market {
 }
 
 impl Market {
-    async fn start(dir: &Path) -> Market {
-        let server = support::Server::start(support::config(&support::sqlite_url(dir))).await;
+    async fn start(url: &str) -> Market {
+        let server = support::Server::start(support::config(url)).await;
         let channel = connect(&server.url()).await.unwrap();
         Market { server, channel }
     }
@@ -110,8 +110,8 @@ fn buy_70_at_b(interval: i64) -> NewOrder {
 /// Alice sells 40 kW at A, Bob buys up to 70 kW at B; cleared: Bob gets 60 kW at 0.35 and pays
 /// 1.75 (see tests/it/client.rs). Returns Bob's receipt, his fill and the stopped market's
 /// ledger URL, plus the receipt of an order for a later interval that is not cleared.
-async fn trade_and_clear(dir: &Path) -> (Receipt, pb::Fill, Receipt, String) {
-    let mut m = Market::start(dir).await;
+async fn trade_and_clear(ledger: &TempLedger) -> (Receipt, pb::Fill, Receipt, String) {
+    let mut m = Market::start(&ledger.url).await;
     let alice = m.participant("alice", 1, "A").await;
     let bob = m.participant("bob", 2, "B").await;
     let mut fills = bob.watch_fills().await.unwrap();
@@ -192,10 +192,12 @@ async fn trade_and_clear(dir: &Path) -> (Receipt, pb::Fill, Receipt, String) {
     (bought_receipt, fill, later_receipt, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_receipt_shows_an_order_included_with_the_servers_fill_and_payment() {
+async fn check_receipt_shows_an_order_included_with_the_servers_fill_and_payment(
+    backend: fn() -> Option<TempLedger>,
+) {
+    let Some(ledger) = backend() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (receipt, fill, later, db) = trade_and_clear(dir.path()).await;
+    let (receipt, fill, later, db) = trade_and_clear(&ledger).await;
     // 60 kW at 0.35 for five minutes: 1.75 paid.
     assert_eq!(d(&fill.accepted_total), d("60"));
     assert_eq!(d(&fill.payment), d("-1.75"));
@@ -240,22 +242,17 @@ async fn check_receipt_shows_an_order_included_with_the_servers_fill_and_payment
     );
 }
 
-/// Rewrites the ledger at `src` into a new SQLite ledger the way a dishonest operator would:
-/// `change` edits the list of entries, then every entry is appended afresh with the operator
-/// key, so the chain, the Merkle tree and every checkpoint signature are valid.
-async fn rewrite(
-    src: &str,
-    dir: &Path,
-    name: &str,
-    change: impl FnOnce(&mut Vec<Entry>),
-) -> String {
+/// Rewrites the ledger at `src` into `dst`, a fresh ledger on the same backend, the way a
+/// dishonest operator would: `change` edits the list of entries, then every entry is appended
+/// afresh with the operator key, so the chain, the Merkle tree and every checkpoint signature
+/// are valid.
+async fn rewrite(src: &str, dst: &TempLedger, change: impl FnOnce(&mut Vec<Entry>)) -> String {
     let from = Ledger::open_existing(src).await.unwrap();
     let mut entries = support::all_entries(&from).await;
     from.close().await;
     change(&mut entries);
-    let url = format!("sqlite://{}", dir.join(name).display());
-    support::re_sign(entries, &url).await;
-    url
+    support::re_sign(entries, &dst.url).await;
+    dst.url.clone()
 }
 
 /// `baton audit verify` on a rewritten ledger: its signatures are all valid, but the book
@@ -320,20 +317,25 @@ fn view(e: &Entry) -> EntryView<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence() {
+async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence(
+    backend: fn() -> Option<TempLedger>,
+) {
+    let Some((ledger, dropped_to, omitted_to)) = backend()
+        .zip(backend())
+        .zip(backend())
+        .map(|((a, b), c)| (a, b, c))
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let (receipt, fill, _, honest) = trade_and_clear(dir.path()).await;
+    let (receipt, fill, _, honest) = trade_and_clear(&ledger).await;
     let seq = receipt.leaf.ledger_seq;
     let file = dir.path().join("bob.receipt.json");
     write_receipt(&file, &receipt).unwrap();
     let key = support::operator().public_key();
 
     // 1. The order entry dropped: every later entry moves up one seq.
-    let dropped = rewrite(&honest, dir.path(), "dropped.db", |es| {
-        es.retain(|e| e.seq != seq)
-    })
-    .await;
+    let dropped = rewrite(&honest, &dropped_to, |es| es.retain(|e| e.seq != seq)).await;
     // The result still lists the order: the audit alone names it (an operator who also
     // re-cleared without it would pass the audit; the receipt still catches that).
     verify_fails(&dropped, "no signed order entry");
@@ -383,7 +385,7 @@ async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence()
     );
 
     // 2. The order entry kept but the interval's result rewritten without it.
-    let omitted = rewrite(&honest, dir.path(), "omitted.db", |es| {
+    let omitted = rewrite(&honest, &omitted_to, |es| {
         let result = es
             .iter_mut()
             .find(|e| e.kind.as_str() == "interval_result" && e.interval_start == Some(OPEN))
@@ -434,3 +436,29 @@ async fn an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence()
         .iter()
         .any(|o| o["id"] == fill.order_id.as_str()));
 }
+
+fn sqlite() -> Option<TempLedger> {
+    Some(TempLedger::sqlite())
+}
+
+fn postgres() -> Option<TempLedger> {
+    TempLedger::postgres("receipt test")
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_ledger {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite).await })*
+        }
+        mod postgres_ledger {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    check_receipt_shows_an_order_included_with_the_servers_fill_and_payment,
+    an_operator_who_leaves_an_order_out_is_caught_with_checkable_evidence,
+);

@@ -242,10 +242,17 @@ fn html_has_a_priced_cell_per_node_and_interval_and_is_self_contained() {
     assert!(html
         .contains("<tr><td class=\"l\">A-B</td><td>2</td><td class=\"l\">08:00, 08:05</td></tr>"));
     assert!(html.contains("<p class=\"audit ok\">Audit passed: ledger verified (8 entries"));
-    // Self-contained: nothing is fetched, nothing runs.
+    // The feeder drawing: both nodes, the line, and its control.
+    assert!(html.contains("<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"feeder\""));
+    assert_eq!(html.matches("<circle class=\"nd").count(), 2);
+    assert!(html.contains("data-line=\"A-B\""));
+    assert!(html.contains("id=\"feeder-step\" min=\"0\" max=\"1\" value=\"1\""));
+    // Self-contained: nothing is fetched; the one script is inline (no attributes, so no src).
+    assert_eq!(html.matches("<script").count(), 1);
+    assert_eq!(html.matches("<script>").count(), 1);
     let without_ns = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
     for banned in [
-        "http:", "https:", "<script", "src=", "<link", "@import", "url(", "<iframe",
+        "http:", "https:", "src=", "<link", "@import", "url(", "<iframe",
     ] {
         assert!(
             !without_ns.contains(banned),
@@ -351,9 +358,12 @@ fn hostile_ids_are_escaped_in_the_html() {
     let out = dir.path().join("report.html");
     let text = ok(&["report", "--db", &db, "--html", out.to_str().unwrap()]);
     let html = std::fs::read_to_string(&out).unwrap();
-    for raw in ["<script", "<img", "</title><script", "\"><script"] {
+    for raw in ["<script>alert", "<img", "</title><script", "\"><script"] {
         assert!(!html.contains(raw), "raw {raw:?} in the HTML");
     }
+    // The feeder's script is the only one, and the ids in its data cannot close it.
+    assert_eq!(html.matches("<script").count(), 1);
+    assert_eq!(html.matches("</script>").count(), 1);
     assert!(html.contains("data-node=\"B&lt;script&gt;alert(1)&lt;/script&gt;\""));
     assert!(html.contains(
         "<title>B&lt;script&gt;alert(1)&lt;/script&gt;, 2027-01-15 08:00 UTC: 0.35 per kWh</title>"

@@ -33,6 +33,8 @@ const SHAPE_MEAN: f64 = SHAPE_BASE
         / 24.0;
 /// An upper bound of the shape (base + both heights), used to size the participant's capacity.
 const SHAPE_BOUND: f64 = SHAPE_BASE + MORNING_PEAK.2 + EVENING_PEAK.2;
+/// The shape at the top of the evening peak (the morning bump has vanished 11.5 h away).
+const SHAPE_EVENING_TOP: f64 = SHAPE_BASE + EVENING_PEAK.2;
 
 /// Why a device refused an update.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +145,16 @@ impl Household {
         let noise = self.noise.to_f64().unwrap_or(0.0);
         let factor = 1.0 + noise * (2.0 * rng::unit_f64(&mut r) - 1.0);
         self.mean_kw.to_f64().unwrap_or(0.0) * shape / SHAPE_MEAN * factor.max(0.0)
+    }
+
+    /// A noiseless load following the household profile whose evening peak (19:00 local) is
+    /// `peak_kw`: the aggregate of many customers at a bus, whose noise averages out.
+    pub fn with_evening_peak_kw(peak_kw: Decimal) -> Household {
+        let mean = peak_kw.to_f64().unwrap_or(0.0) * SHAPE_MEAN / SHAPE_EVENING_TOP;
+        Household {
+            mean_kw: kw_from_f64(mean),
+            noise: Decimal::ZERO,
+        }
     }
 
     /// An upper bound of [`Household::demand_kw`] over the day, kW, rounded up.

@@ -8,6 +8,11 @@
 //! file can recompute them, so they must never be registered on a market with real money.
 //! [`Population::participants_csv`] writes the registration list for the operator.
 //!
+//! [`metering::meter`] gives each agent's metered import and export energy for an interval
+//! from its device physics, with a seeded share of agents deviating from their cleared
+//! position or failing to deliver flexibility (`[delivery]`); [`feeder::behind`] names the
+//! nodes behind a line of a radial feeder.
+//!
 //! # Devices
 //!
 //! - **Household load**: a daily profile with a morning and an evening peak, scaled to the
@@ -19,24 +24,39 @@
 //! - **EV**: arrives and leaves at the same local times every day, needs a set energy per
 //!   session, charges up to its charger's power.
 //!
+//! # Physical balance
+//!
+//! Every participant's expected net position enters the market, so the flows the market
+//! computes are the feeder's physical flows: a household's net load is bought must-take, its PV
+//! surplus offered down to the feed-in price, and the load of each bus that the population
+//! does not simulate (the population file's `[bus_load]`: a share of the network scenario's
+//! bus load, the Baran–Wu case's) is one must-take participant per bus, `bus-<node>`,
+//! following the household profile. `[[cluster]]` sections place further groups of prosumers
+//! on chosen nodes with their own devices (the shipped file: an estate of EV owners on the
+//! weak lateral, farms with large PV on the rural one). The grid connection supplies what the
+//! neighbours do not, at its import price.
+//!
 //! # Strategies
 //!
-//! Prices are placed between the grid connection's export price `e` (what surplus fetches
-//! outside the market) and import price `i` (the fallback tariff): the spread `i − e` is where
-//! peer-to-peer trade beats the grid for both sides. Energy the market does not fill is assumed
-//! to be settled with the retailer at those prices outside the market.
+//! Prices are placed against the grid connection's export price `e` (what surplus fetches
+//! outside the market) and import price `i` (what the grid supplies at the feeder head).
 //!
-//! - **Household**: net load `load − pv` > 0 is bought in `N` equal blocks at descending bids
-//!   `e + bid_fraction · (N − k)/N · (i − e)`, all below `i`; a net surplus is sold in `N`
-//!   blocks at ascending asks `e + ask_fraction · (k + 1)/N · (i − e)`, all above `e`.
+//! - **Household**: net load `load − pv` > 0 is inflexible and bought must-take in one block
+//!   (it is consumed whatever the price; it pays its node's price, `i` wherever the grid is
+//!   marginal); a net surplus is produced whatever the price too and offered in one block
+//!   down to the feed-in, a price quantum below `e` (at `e` exactly, exporting and curtailing
+//!   are worth the same to the solver): it earns its node's price and is curtailed only where
+//!   a line cannot carry it.
 //! - **Battery arbitrage**: against the moving average `p̄` of the node's last K cleared
 //!   prices (the spread's midpoint until one is known), charge at `p̄ − m·(i − e) + lean` and
 //!   discharge at `p̄ + m·(i − e) + lean`, `lean = (½ − soc) · m · (i − e)`, each for as much as
 //!   power and state of charge allow (rounded down, so no fill can overfill or overdrain it).
 //! - **EV**: what cannot wait — the energy that full-power charging in the remaining intervals
 //!   could no longer deliver — is bid must-take; the rest of what is needed, up to the charger,
-//!   is bid at a price that rises from `ev_relaxed_fraction` to `ev_urgent_fraction` of the
-//!   spread as the share of the remaining time it must charge rises to 1. An EV found plugged
+//!   is bid at `e + f · (i − e)` with `f` rising from `ev_relaxed_fraction` to
+//!   `ev_urgent_fraction` as the share of the remaining time it must charge rises to 1
+//!   (fractions above 1 bid above the import price: such an EV charges on arrival and waits
+//!   only where a congested line raises its node's price past its bid). An EV found plugged
 //!   in when the simulation starts is assumed to have charged on track until then (a share of
 //!   its need in proportion to the time it has been plugged in).
 //! - **Flexibility** (when enabled): a battery holds `reserve` of its headroom back from its
@@ -55,6 +75,8 @@
 use thiserror::Error;
 
 pub mod devices;
+pub mod feeder;
+pub mod metering;
 pub mod population;
 mod rng;
 pub mod runner;
@@ -64,6 +86,7 @@ pub mod strategy;
 mod tests;
 
 pub use devices::{Battery, Ev, Household, Moment, Pv};
+pub use metering::{cleared_net_kw, delivery_roles, meter, DeliveryRole, MeterReading};
 pub use population::{GridPrices, Population, PopulationFile};
 pub use runner::{register, run, IntervalReport, RunConfig, RunError, RunSummary};
 pub use strategy::{Agent, MarketContext, Plan, PlannedBlock, PlannedFlex, PlannedOrder, Purpose};

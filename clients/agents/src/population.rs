@@ -18,21 +18,28 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 
-use super::devices::{ceil_kw, Battery, Ev, Household, Pv, MINUTES_PER_DAY};
+use super::devices::{ceil_kw, floor_kw, Battery, Ev, Household, Pv, MINUTES_PER_DAY};
 use super::rng;
-use super::strategy::{Agent, Preferences};
+use super::strategy::Agent;
 use super::AgentsError;
 
 /// Most prosumers in one population.
 pub const AGENTS_MAX: usize = 100_000;
 /// Most market results a strategy averages over (a day of five-minute intervals).
 pub const PRICE_HISTORY_MAX: usize = 288;
-/// Most blocks in a household's buy or sell curve (the engine allows 16 per order).
-pub const HOUSEHOLD_STEPS_MAX: usize = 8;
 /// Decimal places of a drawn size (kW, kWh, hours, fractions).
 pub const DRAW_SCALE: u32 = 2;
 /// Largest size of any device or load, kW or kWh: anything above is a typo for a household.
 pub const DEVICE_SIZE_MAX: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+/// Largest EV bid fraction of the export→import spread: 10 spreads above the export price is
+/// far past any tariff (bids are clamped to the price cap in any case).
+pub const EV_FRACTION_MAX: Decimal = Decimal::from_parts(10, 0, 0, false, 0);
+/// Most clusters in one population file.
+pub const CLUSTERS_MAX: usize = 64;
+/// Longest cluster name, bytes (an agent id is `<name>-<number>`).
+pub const CLUSTER_NAME_LEN_MAX: usize = 16;
+/// Hours in a day, the bound of every local hour in the file.
+const HOURS_PER_DAY: Decimal = Decimal::from_parts(24, 0, 0, false, 0);
 
 /// A uniform range of decimals.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -144,19 +151,14 @@ pub struct EvFile {
 pub struct StrategyFile {
     /// K: market results in the moving average of the node's price.
     pub price_history: usize,
-    /// Blocks in a household's buy or sell curve.
-    pub household_steps: usize,
-    /// A household's highest bid, as a fraction of the way from the grid export price to the
-    /// grid import price (below 1: a household never bids above its fallback tariff).
-    pub bid_fraction: Range,
-    /// A household's highest ask, as the same fraction (above 0: never below the export price).
-    pub ask_fraction: Range,
     /// A battery charges below `average − margin × spread` and discharges above
     /// `average + margin × spread` (spread = import − export price).
     pub battery_margin: Decimal,
-    /// An EV's bid with all the time in the world, as a fraction of the spread.
+    /// An EV's bid with all the time in the world, as a fraction of the spread above the
+    /// export price (above 1: above the import price — it charges on arrival unless its
+    /// lateral is congested).
     pub ev_relaxed_fraction: Decimal,
-    /// An EV's bid when it must charge at full power from now on, as a fraction of the spread.
+    /// An EV's bid when it must charge at full power from now on, as the same fraction.
     pub ev_urgent_fraction: Decimal,
 }
 
@@ -172,6 +174,59 @@ pub struct FlexFile {
     pub up_price: Decimal,
     /// Least price for down-flexibility (charge more / discharge less).
     pub down_price: Decimal,
+}
+
+/// The rest of each bus's load: the customers the population does not simulate.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusLoadFile {
+    /// Share of each node's load in the network scenario (its buy orders: the Baran–Wu bus
+    /// load at the evening peak) that one must-take participant per node (`bus-<node>`) buys,
+    /// following the household profile with its evening peak at that share. In [0, 1].
+    pub share: Decimal,
+}
+
+/// A group of prosumers placed on chosen nodes with their own device mix and sizes (a new
+/// housing estate where every home has an EV, farms with large roofs of PV).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Name: the agents' ids are `<name>-001`, `<name>-002`, …
+    pub name: String,
+    /// Nodes the cluster's prosumers are spread over, in turn.
+    pub nodes: Vec<String>,
+    /// Number of prosumers in the cluster.
+    pub prosumers: usize,
+    /// Device ownership (default: the population's).
+    #[serde(default)]
+    pub mix: Option<Mix>,
+    /// Household consumption (default: the population's).
+    #[serde(default)]
+    pub household: Option<HouseholdFile>,
+    /// Rooftop PV (default: the population's).
+    #[serde(default)]
+    pub pv: Option<PvFile>,
+    /// Electric vehicles (default: the population's).
+    #[serde(default)]
+    pub ev: Option<EvFile>,
+}
+
+/// How metered energy departs from the cleared positions ([`crate::metering`]).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryFile {
+    /// Share of the prosumers (exact count, seeded) whose metered net position deviates from
+    /// their cleared one, in [0, 1].
+    #[serde(default)]
+    pub deviating_share: Decimal,
+    /// How far a deviating prosumer's household load departs from what it planned, as a
+    /// fraction of it (its load is scaled by a seeded factor in `[1 − d, 1 + d]`), in [0, 1].
+    #[serde(default)]
+    pub deviation: Decimal,
+    /// Share of the prosumers (exact count, seeded) that fail to deliver flexibility they were
+    /// allocated (their battery does not move for it), in [0, 1].
+    #[serde(default)]
+    pub flex_failure_share: Decimal,
 }
 
 /// A population file as written.
@@ -203,6 +258,15 @@ pub struct PopulationFile {
     pub strategy: StrategyFile,
     /// Flexibility offers.
     pub flex: FlexFile,
+    /// The rest of each bus's load (none: only the prosumers' load is in the market).
+    #[serde(default)]
+    pub bus_load: Option<BusLoadFile>,
+    /// Groups of prosumers placed on chosen nodes, after the population's own.
+    #[serde(default)]
+    pub cluster: Vec<ClusterFile>,
+    /// Metered deviations from the cleared positions.
+    #[serde(default)]
+    pub delivery: DeliveryFile,
 }
 
 impl PopulationFile {
@@ -243,35 +307,10 @@ impl PopulationFile {
         if self.utc_offset_minutes.abs() > 14 * 60 {
             return Err(invalid("utc_offset_minutes", "is beyond ±14 h"));
         }
-        for (f, v) in [
-            ("mix.pv", self.mix.pv),
-            ("mix.battery", self.mix.battery),
-            ("mix.ev", self.mix.ev),
-        ] {
-            if v < zero || v > one {
-                return Err(invalid(f, format!("{v} is not in [0, 1]")));
-            }
-        }
+        check_mix(&self.mix, "mix")?;
+        check_household(&self.household, "household")?;
+        check_pv(&self.pv, "pv")?;
         let small = Decimal::new(1, DRAW_SCALE);
-        self.household
-            .mean_kw
-            .check("household.mean_kw", small, DEVICE_SIZE_MAX)?;
-        if self.household.noise < zero || self.household.noise >= one {
-            return Err(invalid("household.noise", "is not in [0, 1)"));
-        }
-        self.pv
-            .size_kw
-            .check("pv.size_kw", small, DEVICE_SIZE_MAX)?;
-        let day = Decimal::from(24);
-        if !(zero <= self.pv.sunrise_h
-            && self.pv.sunrise_h < self.pv.sunset_h
-            && self.pv.sunset_h <= day)
-        {
-            return Err(invalid(
-                "pv.sunset_h",
-                "sunrise and sunset must satisfy 0 ≤ sunrise < sunset ≤ 24",
-            ));
-        }
         self.battery
             .energy_kwh
             .check("battery.energy_kwh", small, DEVICE_SIZE_MAX)?;
@@ -285,47 +324,12 @@ impl PopulationFile {
         if eta <= zero || eta > one {
             return Err(invalid("battery.round_trip_efficiency", "is not in (0, 1]"));
         }
-        self.ev
-            .need_kwh
-            .check("ev.need_kwh", small, DEVICE_SIZE_MAX)?;
-        self.ev
-            .charger_kw
-            .check("ev.charger_kw", small, DEVICE_SIZE_MAX)?;
-        self.ev.arrival_h.check("ev.arrival_h", zero, day)?;
-        self.ev.departure_h.check("ev.departure_h", zero, day)?;
-        if self.ev.arrival_h.min <= self.ev.departure_h.max
-            && self.ev.departure_h.min <= self.ev.arrival_h.max
-        {
-            return Err(invalid(
-                "ev.departure_h",
-                "overlaps ev.arrival_h: an EV would leave as it arrives",
-            ));
-        }
+        check_ev(&self.ev, "ev")?;
         let s = &self.strategy;
         if s.price_history == 0 || s.price_history > PRICE_HISTORY_MAX {
             return Err(invalid(
                 "strategy.price_history",
                 format!("is not 1 to {PRICE_HISTORY_MAX}"),
-            ));
-        }
-        if s.household_steps == 0 || s.household_steps > HOUSEHOLD_STEPS_MAX {
-            return Err(invalid(
-                "strategy.household_steps",
-                format!("is not 1 to {HOUSEHOLD_STEPS_MAX}"),
-            ));
-        }
-        s.bid_fraction.check("strategy.bid_fraction", zero, one)?;
-        s.ask_fraction.check("strategy.ask_fraction", zero, one)?;
-        if s.bid_fraction.max >= one {
-            return Err(invalid(
-                "strategy.bid_fraction",
-                "must stay below 1 (a bid at the import price)",
-            ));
-        }
-        if s.ask_fraction.min <= zero {
-            return Err(invalid(
-                "strategy.ask_fraction",
-                "must stay above 0 (an ask at the export price)",
             ));
         }
         if s.battery_margin <= zero || s.battery_margin > one {
@@ -334,10 +338,9 @@ impl PopulationFile {
         for (f, v) in [
             ("strategy.ev_relaxed_fraction", s.ev_relaxed_fraction),
             ("strategy.ev_urgent_fraction", s.ev_urgent_fraction),
-            ("flex.reserve", self.flex.reserve),
         ] {
-            if v < zero || v > one {
-                return Err(invalid(f, format!("{v} is not in [0, 1]")));
+            if v < zero || v > EV_FRACTION_MAX {
+                return Err(invalid(f, format!("{v} is not in [0, {EV_FRACTION_MAX}]")));
             }
         }
         if s.ev_relaxed_fraction > s.ev_urgent_fraction {
@@ -346,8 +349,141 @@ impl PopulationFile {
                 "is above ev_urgent_fraction: urgency must raise the bid",
             ));
         }
+        let d = &self.delivery;
+        for (f, v) in [
+            ("flex.reserve", self.flex.reserve),
+            ("delivery.deviating_share", d.deviating_share),
+            ("delivery.deviation", d.deviation),
+            ("delivery.flex_failure_share", d.flex_failure_share),
+        ] {
+            if v < zero || v > one {
+                return Err(invalid(f, format!("{v} is not in [0, 1]")));
+            }
+        }
+        if let Some(b) = &self.bus_load {
+            if b.share < zero || b.share > one {
+                return Err(invalid(
+                    "bus_load.share",
+                    format!("{} is not in [0, 1]", b.share),
+                ));
+            }
+        }
+        if self.cluster.len() > CLUSTERS_MAX {
+            return Err(invalid(
+                "cluster",
+                format!("{} clusters, at most {CLUSTERS_MAX}", self.cluster.len()),
+            ));
+        }
+        let mut total = self.prosumers;
+        for (i, c) in self.cluster.iter().enumerate() {
+            let at = format!("cluster[{i}]");
+            let name_ok = !c.name.is_empty()
+                && c.name.len() <= CLUSTER_NAME_LEN_MAX
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !name_ok || c.name == "bus" || c.name == "h" {
+                return Err(invalid(
+                    &format!("{at}.name"),
+                    format!(
+                        "{:?} is not 1 to {CLUSTER_NAME_LEN_MAX} lowercase letters and digits \
+                         (and neither \"bus\" nor \"h\")",
+                        c.name
+                    ),
+                ));
+            }
+            if self.cluster[..i].iter().any(|o| o.name == c.name) {
+                return Err(invalid(&format!("{at}.name"), "is used twice"));
+            }
+            if c.nodes.is_empty() {
+                return Err(invalid(&format!("{at}.nodes"), "is empty"));
+            }
+            if c.prosumers == 0 {
+                return Err(invalid(&format!("{at}.prosumers"), "is 0"));
+            }
+            total = total.saturating_add(c.prosumers);
+            if let Some(m) = &c.mix {
+                check_mix(m, &format!("{at}.mix"))?;
+            }
+            if let Some(h) = &c.household {
+                check_household(h, &format!("{at}.household"))?;
+            }
+            if let Some(pv) = &c.pv {
+                check_pv(pv, &format!("{at}.pv"))?;
+            }
+            if let Some(ev) = &c.ev {
+                check_ev(ev, &format!("{at}.ev"))?;
+            }
+        }
+        if total > AGENTS_MAX {
+            return Err(invalid(
+                "cluster",
+                format!("{total} prosumers in all, more than {AGENTS_MAX}"),
+            ));
+        }
         Ok(())
     }
+}
+
+fn check_mix(m: &Mix, at: &str) -> Result<(), AgentsError> {
+    for (f, v) in [("pv", m.pv), ("battery", m.battery), ("ev", m.ev)] {
+        if v < Decimal::ZERO || v > Decimal::ONE {
+            return Err(invalid(
+                &format!("{at}.{f}"),
+                format!("{v} is not in [0, 1]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_household(h: &HouseholdFile, at: &str) -> Result<(), AgentsError> {
+    h.mean_kw.check(
+        &format!("{at}.mean_kw"),
+        Decimal::new(1, DRAW_SCALE),
+        DEVICE_SIZE_MAX,
+    )?;
+    if h.noise < Decimal::ZERO || h.noise >= Decimal::ONE {
+        return Err(invalid(&format!("{at}.noise"), "is not in [0, 1)"));
+    }
+    Ok(())
+}
+
+fn check_pv(pv: &PvFile, at: &str) -> Result<(), AgentsError> {
+    pv.size_kw.check(
+        &format!("{at}.size_kw"),
+        Decimal::new(1, DRAW_SCALE),
+        DEVICE_SIZE_MAX,
+    )?;
+    if !(Decimal::ZERO <= pv.sunrise_h
+        && pv.sunrise_h < pv.sunset_h
+        && pv.sunset_h <= HOURS_PER_DAY)
+    {
+        return Err(invalid(
+            &format!("{at}.sunset_h"),
+            "sunrise and sunset must satisfy 0 ≤ sunrise < sunset ≤ 24",
+        ));
+    }
+    Ok(())
+}
+
+fn check_ev(ev: &EvFile, at: &str) -> Result<(), AgentsError> {
+    let small = Decimal::new(1, DRAW_SCALE);
+    ev.need_kwh
+        .check(&format!("{at}.need_kwh"), small, DEVICE_SIZE_MAX)?;
+    ev.charger_kw
+        .check(&format!("{at}.charger_kw"), small, DEVICE_SIZE_MAX)?;
+    ev.arrival_h
+        .check(&format!("{at}.arrival_h"), Decimal::ZERO, HOURS_PER_DAY)?;
+    ev.departure_h
+        .check(&format!("{at}.departure_h"), Decimal::ZERO, HOURS_PER_DAY)?;
+    if ev.arrival_h.min <= ev.departure_h.max && ev.departure_h.min <= ev.arrival_h.max {
+        return Err(invalid(
+            &format!("{at}.departure_h"),
+            "overlaps arrival_h: an EV would leave as it arrives",
+        ));
+    }
+    Ok(())
 }
 
 /// The grid connection's prices: a household's fallback tariff (import) and feed-in (export).
@@ -378,7 +514,10 @@ pub struct Population {
     pub strategy: StrategyFile,
     /// Flexibility offers.
     pub flex: FlexFile,
-    /// The prosumers, ids ascending.
+    /// Metered deviations from the cleared positions.
+    pub delivery: DeliveryFile,
+    /// The prosumers: the population's households (`h001`…), then each cluster's
+    /// (`<name>-001`…), then the bus loads (`bus-<node>`, in node order).
     pub agents: Vec<Agent>,
 }
 
@@ -418,71 +557,68 @@ impl Population {
                 ),
             ));
         }
-        let nodes = apportion(&load_weights(&network)?, file.prosumers);
+        let weights = load_weights(&network)?;
+        let nodes = apportion(&weights, file.prosumers);
         let n = file.prosumers;
         let width = n.to_string().len().max(3);
         let ids: Vec<String> = (1..=n).map(|i| format!("h{i:0width$}")).collect();
-        let has = |domain: &str, share: Decimal| owners(file.seed, domain, share, n);
-        let (has_pv, has_bat, has_ev) = (
-            has("mix/pv", file.mix.pv),
-            has("mix/battery", file.mix.battery),
-            has("mix/ev", file.mix.ev),
-        );
         let mut agents = Vec::with_capacity(n);
-        for (i, id) in ids.into_iter().enumerate() {
-            // Every agent draws every parameter in this fixed order, whether or not it owns the
-            // device, so owning a battery never shifts another draw.
-            let mut r = rng::stream("agent", file.seed, &id, 0);
-            let household = Household {
-                mean_kw: file.household.mean_kw.draw(&mut r),
-                noise: file.household.noise,
+        let general = Sections {
+            mix: &file.mix,
+            household: &file.household,
+            pv: &file.pv,
+            ev: &file.ev,
+        };
+        agents.extend(general.agents(file, "mix", ids, nodes));
+        for c in &file.cluster {
+            if let Some(bad) = c
+                .nodes
+                .iter()
+                .find(|id| !network.nodes.iter().any(|n| &n.id == *id))
+            {
+                return Err(invalid(
+                    &format!("cluster {}", c.name),
+                    format!("node {bad:?} is not in the network"),
+                ));
+            }
+            let width = c.prosumers.to_string().len().max(3);
+            let ids = (1..=c.prosumers)
+                .map(|i| format!("{}-{i:0width$}", c.name))
+                .collect();
+            let nodes = (0..c.prosumers)
+                .map(|k| c.nodes[k % c.nodes.len()].clone())
+                .collect();
+            let sections = Sections {
+                mix: c.mix.as_ref().unwrap_or(&file.mix),
+                household: c.household.as_ref().unwrap_or(&file.household),
+                pv: c.pv.as_ref().unwrap_or(&file.pv),
+                ev: c.ev.as_ref().unwrap_or(&file.ev),
             };
-            let pv = Pv {
-                size_kw: file.pv.size_kw.draw(&mut r),
-                sunrise_h: file.pv.sunrise_h,
-                sunset_h: file.pv.sunset_h,
-            };
-            let battery = Battery::new(
-                file.battery.energy_kwh.draw(&mut r),
-                file.battery.power_kw.draw(&mut r),
-                file.battery.round_trip_efficiency,
-                file.battery.initial_soc.draw(&mut r),
-            );
-            let minutes = |h: Decimal| {
-                (h * Decimal::from(60))
-                    .round_dp_with_strategy(0, RoundingStrategy::MidpointNearestEven)
-                    .to_i64()
-                    .unwrap_or(0)
-                    .rem_euclid(MINUTES_PER_DAY)
-            };
-            let ev = Ev::new(
-                file.ev.need_kwh.draw(&mut r),
-                file.ev.charger_kw.draw(&mut r),
-                minutes(file.ev.arrival_h.draw(&mut r)),
-                minutes(file.ev.departure_h.draw(&mut r)),
-            );
-            let prefs = Preferences {
-                bid_fraction: file.strategy.bid_fraction.draw(&mut r),
-                ask_fraction: file.strategy.ask_fraction.draw(&mut r),
-            };
-            let pv = has_pv[i].then_some(pv);
-            let battery = has_bat[i].then_some(battery);
-            let ev = has_ev[i].then_some(ev);
-            let capacity_kw = capacity(&household, pv.as_ref(), battery.as_ref(), ev.as_ref());
-            let key = SigningKey::from_bytes(&rng::derive("key", file.seed, &id, 0));
-            agents.push(Agent::new(
-                id,
-                nodes[i].clone(),
-                capacity_kw,
-                key,
-                file.seed,
-                household,
-                pv,
-                battery,
-                ev,
-                prefs,
-                file.strategy.price_history,
-            ));
+            agents.extend(sections.agents(file, &format!("cluster/{}", c.name), ids, nodes));
+        }
+        if let Some(b) = &file.bus_load {
+            for (node, load) in &scenario_loads(&network) {
+                let peak_kw = floor_kw(b.share * *load);
+                if peak_kw.is_zero() {
+                    continue;
+                }
+                let id = format!("bus-{node}");
+                let household = Household::with_evening_peak_kw(peak_kw);
+                let capacity_kw = capacity(&household, None, None, None);
+                let key = SigningKey::from_bytes(&rng::derive("key", file.seed, &id, 0));
+                agents.push(Agent::new(
+                    id,
+                    node.clone(),
+                    capacity_kw,
+                    key,
+                    file.seed,
+                    household,
+                    None,
+                    None,
+                    None,
+                    file.strategy.price_history,
+                ));
+            }
         }
         Ok(Population {
             seed: file.seed,
@@ -493,6 +629,7 @@ impl Population {
             utc_offset_minutes: file.utc_offset_minutes,
             strategy: file.strategy.clone(),
             flex: file.flex.clone(),
+            delivery: file.delivery.clone(),
             agents,
         })
     }
@@ -515,6 +652,88 @@ impl Population {
     }
 }
 
+/// The device sections a group of agents is drawn from (the population's or a cluster's).
+struct Sections<'a> {
+    mix: &'a Mix,
+    household: &'a HouseholdFile,
+    pv: &'a PvFile,
+    ev: &'a EvFile,
+}
+
+impl Sections<'_> {
+    /// Agents with these ids at these nodes; `domain` separates the ownership shuffles of
+    /// groups.
+    fn agents(
+        &self,
+        file: &PopulationFile,
+        domain: &str,
+        ids: Vec<String>,
+        nodes: Vec<String>,
+    ) -> Vec<Agent> {
+        let n = ids.len();
+        let has = |device: &str, share: Decimal| {
+            owners(file.seed, &format!("{domain}/{device}"), share, n)
+        };
+        let (has_pv, has_bat, has_ev) = (
+            has("pv", self.mix.pv),
+            has("battery", self.mix.battery),
+            has("ev", self.mix.ev),
+        );
+        let mut agents = Vec::with_capacity(n);
+        for (i, (id, node)) in ids.into_iter().zip(nodes).enumerate() {
+            // Every agent draws every parameter in this fixed order, whether or not it owns the
+            // device, so owning a battery never shifts another draw.
+            let mut r = rng::stream("agent", file.seed, &id, 0);
+            let household = Household {
+                mean_kw: self.household.mean_kw.draw(&mut r),
+                noise: self.household.noise,
+            };
+            let pv = Pv {
+                size_kw: self.pv.size_kw.draw(&mut r),
+                sunrise_h: self.pv.sunrise_h,
+                sunset_h: self.pv.sunset_h,
+            };
+            let battery = Battery::new(
+                file.battery.energy_kwh.draw(&mut r),
+                file.battery.power_kw.draw(&mut r),
+                file.battery.round_trip_efficiency,
+                file.battery.initial_soc.draw(&mut r),
+            );
+            let minutes = |h: Decimal| {
+                (h * Decimal::from(60))
+                    .round_dp_with_strategy(0, RoundingStrategy::MidpointNearestEven)
+                    .to_i64()
+                    .unwrap_or(0)
+                    .rem_euclid(MINUTES_PER_DAY)
+            };
+            let ev = Ev::new(
+                self.ev.need_kwh.draw(&mut r),
+                self.ev.charger_kw.draw(&mut r),
+                minutes(self.ev.arrival_h.draw(&mut r)),
+                minutes(self.ev.departure_h.draw(&mut r)),
+            );
+            let pv = has_pv[i].then_some(pv);
+            let battery = has_bat[i].then_some(battery);
+            let ev = has_ev[i].then_some(ev);
+            let capacity_kw = capacity(&household, pv.as_ref(), battery.as_ref(), ev.as_ref());
+            let key = SigningKey::from_bytes(&rng::derive("key", file.seed, &id, 0));
+            agents.push(Agent::new(
+                id,
+                node,
+                capacity_kw,
+                key,
+                file.seed,
+                household,
+                pv,
+                battery,
+                ev,
+                file.strategy.price_history,
+            ));
+        }
+        agents
+    }
+}
+
 /// The participant's capacity: enough for its whole household peak, EV charger and battery
 /// charging at once (buying), or its PV and battery at full output (selling), rounded up to a
 /// whole kW.
@@ -527,32 +746,36 @@ fn capacity(h: &Household, pv: Option<&Pv>, bat: Option<&Battery>, ev: Option<&E
     c.max(Decimal::ONE)
 }
 
-/// Each node's weight: its share of the case's load, read from the network scenario's buy
-/// orders (the scenario generator puts each bus's load there); without any, every node except
-/// those of grid connections, equally.
-fn load_weights(network: &MarketSpec) -> Result<Vec<(String, Decimal)>, AgentsError> {
+/// Each node's load in the network scenario: the sum of its buy orders (the scenario generator
+/// puts each bus's load there), for the nodes with any, in network order.
+fn scenario_loads(network: &MarketSpec) -> Vec<(String, Decimal)> {
     let mut load: BTreeMap<&str, Decimal> = BTreeMap::new();
     for o in network.orders.iter().filter(|o| o.side == Side::Buy) {
         let q: Decimal = o.blocks.iter().map(|b| b.quantity).sum();
         *load.entry(o.node.as_str()).or_default() += q;
     }
-    let weights: Vec<(String, Decimal)> = if load.values().any(|q| *q > Decimal::ZERO) {
-        network
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let q = load.get(n.id.as_str()).copied().unwrap_or_default();
-                (q > Decimal::ZERO).then(|| (n.id.clone(), q))
-            })
-            .collect()
-    } else {
-        network
+    network
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let q = load.get(n.id.as_str()).copied().unwrap_or_default();
+            (q > Decimal::ZERO).then(|| (n.id.clone(), q))
+        })
+        .collect()
+}
+
+/// Each node's weight: its share of the case's load ([`scenario_loads`]); without any, every
+/// node except those of grid connections, equally.
+fn load_weights(network: &MarketSpec) -> Result<Vec<(String, Decimal)>, AgentsError> {
+    let mut weights = scenario_loads(network);
+    if weights.is_empty() {
+        weights = network
             .nodes
             .iter()
             .filter(|n| !network.grid_connections.iter().any(|g| g.node == n.id))
             .map(|n| (n.id.clone(), Decimal::ONE))
-            .collect()
-    };
+            .collect();
+    }
     if weights.is_empty() {
         return Err(AgentsError::Network(
             "no node to place prosumers on (every node hosts a grid connection)".into(),
@@ -589,7 +812,7 @@ fn apportion(weights: &[(String, Decimal)], n: usize) -> Vec<String> {
 
 /// Which of `n` agents own a device: exactly `round(share × n)` of them, chosen by a seeded
 /// shuffle.
-fn owners(seed: u64, domain: &str, share: Decimal, n: usize) -> Vec<bool> {
+pub(crate) fn owners(seed: u64, domain: &str, share: Decimal, n: usize) -> Vec<bool> {
     let k = round_at(share * Decimal::from(n), 0)
         .to_usize()
         .unwrap_or(0)

@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::devices::Moment;
+use super::metering::{delivery_roles, meter, DeliveryRole, MeterReading};
 use super::population::Population;
 use super::strategy::{MarketContext, Plan, Purpose};
 use super::AgentsError;
@@ -152,6 +153,16 @@ pub struct IntervalReport {
     pub price_mean: Decimal,
     /// Highest nodal price over the agents' nodes.
     pub price_max: Decimal,
+    /// Distinct nodal prices over the agents' nodes.
+    pub distinct_prices: usize,
+    /// Lines at their limit: (line id, flow in kW from its `from` node to its `to` node), in
+    /// result order.
+    pub congested: Vec<(String, Decimal)>,
+    /// Flexibility allocated to the agents' offers, kW, per node.
+    pub flex_by_node: BTreeMap<String, Decimal>,
+    /// Each agent's metered energy for the interval ([`crate::metering::meter`]), in
+    /// population order.
+    pub meter_readings: Vec<MeterReading>,
     /// Mean state of charge of the batteries after the fills (0 to 1), if any.
     pub battery_soc_mean: Option<Decimal>,
     /// Real milliseconds from planning to the last acknowledgement.
@@ -375,6 +386,7 @@ pub async fn run(
         .map(|a| ParticipantKey::from_seed(&a.key().to_bytes()))
         .collect();
     let flex_on = config.flex_offers && population.flex.enabled;
+    let roles = delivery_roles(population);
     let mut summary = RunSummary::default();
     for index in 1..=config.intervals {
         let t0 = Instant::now();
@@ -411,8 +423,9 @@ pub async fn run(
         let result = wait_result(&public, &mut results, target, &info, scale).await?;
         let t1 = Instant::now();
         let fills = read_fills(&clients, &acked, target).await?;
-        let mut report =
-            settle_interval(population, &plans, &acked, &fills, &result, index, refusals)?;
+        let mut report = settle_interval(
+            population, &roles, &plans, &acked, &fills, &result, index, refusals,
+        )?;
         report.submit_ms = submit_ms;
         report.skipped = skipped as u32;
         report.fills_ms = t1.elapsed().as_millis() as u64;
@@ -637,8 +650,10 @@ async fn read_fills(
 
 /// Applies an interval's fills and prices to the agents and builds its report (without its
 /// timings).
+#[allow(clippy::too_many_arguments)]
 fn settle_interval(
     population: &mut Population,
+    roles: &[DeliveryRole],
     plans: &[Plan],
     acked: &Acked,
     fills: &HashMap<String, Decimal>,
@@ -654,6 +669,7 @@ fn settle_interval(
     let mut energy: Vec<Vec<(Purpose, Decimal)>> = vec![Vec::new(); population.agents.len()];
     let mut flex: Vec<Vec<(Direction, Decimal)>> = vec![Vec::new(); population.agents.len()];
     let (mut bought, mut sold, mut flex_kw) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    let mut flex_by_node: BTreeMap<String, Decimal> = BTreeMap::new();
     for (agent, leg, id) in acked {
         let Some(q) = fills.get(id).copied() else {
             return Err(RunError::Market(format!(
@@ -678,9 +694,29 @@ fn settle_interval(
             Leg::Flex(d) => {
                 flex[*agent].push((*d, q));
                 flex_kw += q;
+                if q > Decimal::ZERO {
+                    *flex_by_node
+                        .entry(population.agents[*agent].node().to_string())
+                        .or_default() += q;
+                }
             }
         }
     }
+    let meter_readings: Vec<MeterReading> = population
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            meter(
+                a,
+                roles[i],
+                &plans[i],
+                &energy[i],
+                &flex[i],
+                &population.delivery,
+            )
+        })
+        .collect();
     let mut node_prices: BTreeMap<&str, Decimal> = BTreeMap::new();
     let (mut soc_sum, mut batteries) = (Decimal::ZERO, 0u32);
     for (i, a) in population.agents.iter_mut().enumerate() {
@@ -699,6 +735,11 @@ fn settle_interval(
     }
     let n = Decimal::from(node_prices.len().max(1));
     let orders = acked.len() + refusals.len();
+    let mut congested = Vec::new();
+    for l in result.lines.iter().filter(|l| l.congested) {
+        let flow = decimal("flow", &l.flow).map_err(client(format!("line {}", l.line)))?;
+        congested.push((l.line.clone(), flow));
+    }
     Ok(IntervalReport {
         index,
         interval_start: result.interval_start,
@@ -713,6 +754,13 @@ fn settle_interval(
         price_min: node_prices.values().min().copied().unwrap_or_default(),
         price_mean: node_prices.values().sum::<Decimal>() / n,
         price_max: node_prices.values().max().copied().unwrap_or_default(),
+        distinct_prices: node_prices
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        congested,
+        flex_by_node,
+        meter_readings,
         battery_soc_mean: (batteries > 0).then(|| soc_sum / Decimal::from(batteries)),
         submit_ms: 0,
         fills_ms: 0,

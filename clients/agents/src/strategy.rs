@@ -4,6 +4,9 @@ use std::collections::VecDeque;
 
 use baton_engine::model::{Direction, Side};
 use baton_engine::units::{round_at, PRICE_SCALE};
+
+/// One quantum at the price scale (1e-6 per kWh).
+const PRICE_QUANTUM: Decimal = Decimal::from_parts(1, 0, 0, false, PRICE_SCALE);
 use ed25519_dalek::SigningKey;
 use rust_decimal::Decimal;
 
@@ -152,15 +155,6 @@ impl MarketContext {
     }
 }
 
-/// An agent's own price preferences, drawn once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Preferences {
-    /// Highest household bid, as a fraction of the export→import spread.
-    pub bid_fraction: Decimal,
-    /// Highest household ask, as the same fraction.
-    pub ask_fraction: Decimal,
-}
-
 /// One prosumer: identity, devices, state.
 #[derive(Clone, Debug)]
 pub struct Agent {
@@ -173,7 +167,6 @@ pub struct Agent {
     pv: Option<Pv>,
     battery: Option<Battery>,
     ev: Option<Ev>,
-    prefs: Preferences,
     prices: VecDeque<Decimal>,
     history_len: usize,
 }
@@ -195,7 +188,6 @@ impl Agent {
         pv: Option<Pv>,
         battery: Option<Battery>,
         ev: Option<Ev>,
-        prefs: Preferences,
         history_len: usize,
     ) -> Self {
         Agent {
@@ -208,7 +200,6 @@ impl Agent {
             pv,
             battery,
             ev,
-            prefs,
             prices: VecDeque::with_capacity(history_len.max(1)),
             history_len: history_len.max(1),
         }
@@ -230,6 +221,10 @@ impl Agent {
     pub fn key(&self) -> &SigningKey {
         &self.key
     }
+    /// The population's seed (selects the agent's noise streams).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
     /// Household load.
     pub fn household(&self) -> &Household {
         &self.household
@@ -245,10 +240,6 @@ impl Agent {
     /// EV, if any.
     pub fn ev(&self) -> Option<&Ev> {
         self.ev.as_ref()
-    }
-    /// Price preferences.
-    pub fn preferences(&self) -> &Preferences {
-        &self.prefs
     }
 
     /// Records the cleared price of the agent's node for one interval.
@@ -280,7 +271,7 @@ impl Agent {
     /// context: the same state and context give the same plan.
     pub fn plan(&self, ctx: &MarketContext, s: &StrategyFile, flex: &FlexFile) -> Plan {
         let mut orders = Vec::with_capacity(4);
-        if let Some(o) = self.household_order(ctx, s) {
+        if let Some(o) = self.household_order(ctx) {
             orders.push(o);
         }
         if let Some(o) = self.ev_order(ctx, s) {
@@ -314,49 +305,34 @@ impl Agent {
         }
     }
 
-    /// Net load → buy at descending bids below the import price; net surplus → sell at
-    /// ascending asks above the export price. `N` equal blocks; block `i` (from 0) bids
-    /// `bid_fraction × (N − i) / N` or asks `ask_fraction × (i + 1) / N` of the spread.
-    fn household_order(&self, ctx: &MarketContext, s: &StrategyFile) -> Option<PlannedOrder> {
+    /// The household's expected net position, so that every participant's physical load and
+    /// surplus is in the market. A net load is inflexible: it is consumed whatever the price,
+    /// so it is bought **must-take** in one block (served before any priced demand and paid
+    /// the node's price, which is the import price wherever the grid connection is marginal:
+    /// the grid supplies what the neighbours do not). A net surplus is produced whatever the
+    /// price too, so it is offered in one block down to the feed-in: at one price quantum
+    /// below the export price (at the export price exactly, exporting and curtailing are worth
+    /// the same and a solver could leave it unsold). It earns its node's price, more than the
+    /// export price wherever neighbours buy it; it is curtailed only where a line cannot carry
+    /// it.
+    fn household_order(&self, ctx: &MarketContext) -> Option<PlannedOrder> {
         let net = self.net_load_kw(&ctx.at);
         if net.is_zero() {
             return None;
         }
-        let (side, total) = if net > Decimal::ZERO {
-            (Side::Buy, net)
+        let (side, quantity, price) = if net > Decimal::ZERO {
+            (Side::Buy, net, None)
         } else {
-            (Side::Sell, -net)
+            (
+                Side::Sell,
+                -net,
+                Some(ctx.clamp(ctx.grid.export - PRICE_QUANTUM)),
+            )
         };
-        let n = Decimal::from(s.household_steps);
-        let mut step = floor_kw(total / n);
-        let steps = if step.is_zero() {
-            step = total;
-            1
-        } else {
-            s.household_steps
-        };
-        let blocks = (0..steps)
-            .map(|i| {
-                let quantity = if i + 1 == steps {
-                    total - step * Decimal::from(steps - 1)
-                } else {
-                    step
-                };
-                let k = Decimal::from(i);
-                let fraction = match side {
-                    Side::Buy => self.prefs.bid_fraction * (n - k) / n,
-                    Side::Sell => self.prefs.ask_fraction * (k + Decimal::ONE) / n,
-                };
-                PlannedBlock {
-                    quantity,
-                    price: Some(ctx.price_at(fraction)),
-                }
-            })
-            .collect();
         Some(PlannedOrder {
             purpose: Purpose::Household,
             side,
-            blocks,
+            blocks: vec![PlannedBlock { quantity, price }],
         })
     }
 

@@ -19,10 +19,14 @@ const FEEDER: &str = include_str!("../../../scenarios/ieee33-feeder.toml");
 /// Midnight UTC, aligned to five minutes.
 const DAY0: i64 = 1_800_000_000 - 1_800_000_000 % 86_400;
 
+/// The shipped population file with `seed` and `prosumers` households, without its clusters
+/// and bus loads (tests of those use the whole file).
 fn file(seed: u64, prosumers: usize) -> PopulationFile {
     let mut f = PopulationFile::parse(POPULATION).unwrap();
     f.seed = seed;
     f.prosumers = prosumers;
+    f.cluster.clear();
+    f.bus_load = None;
     f
 }
 
@@ -134,6 +138,9 @@ fn participants_csv_lists_every_agent_with_its_key() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "id,node,public_key,roles,capacity_kw");
     assert_eq!(lines.len(), 31);
+    let whole = shipped().participants_csv();
+    assert_eq!(whole.lines().count(), 1 + 300 + 144 + 32);
+    assert!(whole.contains("\nbus-24,24,"));
     let f: Vec<&str> = lines[1].split(',').collect();
     assert_eq!(f.len(), 5);
     assert_eq!(f[0], "h001");
@@ -190,12 +197,17 @@ fn a_day_of_trading_respects_capacity_floor_cap_and_pv_darkness() {
                 for b in &o.blocks {
                     assert!(b.quantity > Decimal::ZERO);
                     assert!(b.quantity.scale() <= 6);
+                    if o.purpose == Purpose::Household && o.side == Side::Buy {
+                        // A household's net load is inflexible: must-take.
+                        assert_eq!(b.price, None);
+                    }
                     if let Some(pr) = b.price {
                         assert!(pr >= p.network.price_floor && pr <= p.network.price_cap);
                         assert!(pr.scale() <= 6);
                         if o.purpose == Purpose::Household {
-                            // Strictly between the grid's prices.
-                            assert!(pr > p.grid.export && pr < p.grid.import, "{pr}");
+                            // Only a surplus is priced: a quantum below the export price.
+                            assert_eq!(o.side, Side::Sell);
+                            assert_eq!(pr, p.grid.export - dec!(0.000001));
                         }
                     }
                 }
@@ -241,7 +253,6 @@ fn an_ev_reaches_its_need_when_only_must_take_is_filled() {
         None,
         None,
         Some(ev),
-        a.preferences().clone(),
         12,
     );
     let (strategy, flex) = (p.strategy.clone(), p.flex.clone());
@@ -293,7 +304,6 @@ fn an_ev_bids_more_as_its_slack_shrinks() {
         None,
         None,
         Some(Ev::new(dec!(20), dec!(7), 18 * 60, 7 * 60)),
-        a.preferences().clone(),
         12,
     );
     // Plugged in at 18:00 and never filled: the later, the less time, the higher the bid.
@@ -312,8 +322,9 @@ fn an_ev_bids_more_as_its_slack_shrinks() {
     assert!(bids[0] < bids[60]);
     assert!(bids[60] < bids[110]);
     assert!(bids.windows(2).all(|w| w[0] <= w[1]), "never falls");
-    // ρ = 1200 kW·min / (156 × 35) at the start: 0.2 + 0.75 × 0.2198 = 0.3648 of 0.24 → 0.127560.
-    assert_eq!(bids[0], dec!(0.127560));
+    // ρ = 1200 kW·min / (156 × 35) = 0.219780 at the start: 1.1 + 1.4 × 0.219780 = 1.407692
+    // of the 0.24 spread above 0.04 → 0.377846, above the 0.28 import price.
+    assert_eq!(bids[0], dec!(0.377846));
 }
 
 #[test]
@@ -330,7 +341,6 @@ fn battery_prices_follow_the_moving_average() {
         None,
         Some(Battery::new(dec!(10), dec!(5), dec!(0.9), dec!(0.5))),
         None,
-        a.preferences().clone(),
         3,
     );
     let mut no_flex = p.flex.clone();
@@ -417,9 +427,21 @@ fn population_file_errors_name_the_field() {
     bad("prosumers = 300", "prosumers = 0", "prosumers");
     bad("pv = \"0.5\"", "pv = \"1.5\"", "mix.pv");
     bad(
-        "bid_fraction = { min = \"0.7\", max = \"0.97\" }",
-        "bid_fraction = { min = \"0.7\", max = \"1\" }",
-        "strategy.bid_fraction",
+        "battery_margin = \"0.1\"",
+        "battery_margin = \"1.5\"",
+        "strategy.battery_margin",
+    );
+    bad("share = \"0.6\"", "share = \"1.2\"", "bus_load.share");
+    bad(
+        "deviating_share = \"0.1\"",
+        "deviating_share = \"-0.1\"",
+        "delivery.deviating_share",
+    );
+    bad("name = \"farm\"", "name = \"estate\"", "cluster[1].name");
+    bad(
+        "charger_kw = { min = \"11\", max = \"11\" }",
+        "charger_kw = { min = \"11\", max = \"10\" }",
+        "cluster[0].ev.charger_kw",
     );
     bad(
         "departure_h = { min = \"6\", max = \"8.5\" }",
@@ -540,7 +562,6 @@ fn an_ev_found_plugged_in_at_the_start_is_assumed_on_track() {
         None,
         None,
         Some(Ev::new(dec!(20), dec!(7), 18 * 60, 7 * 60)),
-        a.preferences().clone(),
         12,
     );
     let c = ctx(&p, DAY0 + 4 * 3600);
@@ -567,5 +588,189 @@ fn an_ev_found_plugged_in_at_the_start_is_assumed_on_track() {
     assert_eq!(
         agent.ev().unwrap().delivered_kwh(&evening.at),
         Decimal::ZERO
+    );
+}
+
+/// The whole shipped file: its 300 households, then the estate and the farms on their
+/// laterals, then one must-take bus load per loaded bus.
+fn shipped() -> Population {
+    let mut f = PopulationFile::parse(POPULATION).unwrap();
+    f.prosumers = 300;
+    Population::generate(&f, FEEDER).unwrap()
+}
+
+#[test]
+fn clusters_and_bus_loads_complete_the_feeder() {
+    let p = shipped();
+    assert_eq!(p.agents.len(), 300 + 120 + 24 + 32);
+    let of = |prefix: &str| -> Vec<&super::Agent> {
+        p.agents
+            .iter()
+            .filter(|a| a.id().starts_with(prefix))
+            .collect()
+    };
+    let estate = of("estate-");
+    assert_eq!(estate.len(), 120);
+    assert_eq!(estate[0].id(), "estate-001");
+    // Spread over 23, 24, 25 in turn; every home has its 11 kW wallbox, 24 have PV, 36 a
+    // battery (exact shares).
+    assert_eq!(
+        (
+            estate[0].node(),
+            estate[1].node(),
+            estate[2].node(),
+            estate[3].node()
+        ),
+        ("23", "24", "25", "23")
+    );
+    assert!(estate
+        .iter()
+        .all(|a| a.ev().is_some_and(|e| e.charger_kw() == dec!(11))));
+    assert_eq!(estate.iter().filter(|a| a.pv().is_some()).count(), 24);
+    assert_eq!(estate.iter().filter(|a| a.battery().is_some()).count(), 36);
+    for a in &estate {
+        let (arrive, _) = a.ev().unwrap().window_min();
+        assert!((17 * 60..=17 * 60 + 45).contains(&arrive), "{arrive}");
+    }
+    let farms = of("farm-");
+    assert_eq!(farms.len(), 24);
+    assert!(farms
+        .iter()
+        .all(|a| a.pv().is_some_and(|pv| pv.size_kw >= dec!(110)) && a.ev().is_none()));
+    // Bus 24's scenario load is 546 kW (420 × 1.3); its bus load peaks at 0.6 of it, 327.6 kW
+    // at 19:00, and carries no noise.
+    let bus = p.agents.iter().find(|a| a.id() == "bus-24").unwrap();
+    assert_eq!(bus.node(), "24");
+    let at19 = ctx(&p, DAY0 + 19 * 3600 - 150).at;
+    let peak = bus.net_load_kw(&at19);
+    assert!((peak - dec!(327.6)).abs() < dec!(0.5), "{peak}");
+    let plan = bus.plan(&ctx(&p, DAY0 + 19 * 3600 - 150), &p.strategy, &p.flex);
+    assert_eq!(plan.orders.len(), 1);
+    assert_eq!(plan.orders[0].side, Side::Buy);
+    assert_eq!(plan.orders[0].blocks[0].price, None, "must-take");
+    assert_eq!(plan.orders[0].quantity(), peak);
+    assert!(of("bus-").iter().all(|a| a.node() != "1"));
+}
+
+#[test]
+fn a_household_that_follows_its_clearing_meters_its_cleared_position() {
+    use super::metering::{cleared_net_kw, meter, DeliveryRole};
+    let p = shipped();
+    let follow = DeliveryRole::default();
+    let mut checked = 0;
+    for hour in [3, 12, 18] {
+        let c = ctx(&p, DAY0 + hour * 3600);
+        for a in &p.agents {
+            let plan = a.plan(&c, &p.strategy, &p.flex);
+            // Filled exactly at what a market at 0.20 accepts, with every offer allocated.
+            let fills = fills_at(&plan, dec!(0.20));
+            let flex: Vec<(Direction, Decimal)> = plan
+                .flex
+                .iter()
+                .map(|f| (f.direction, f.quantity))
+                .collect();
+            let m = meter(a, follow, &plan, &fills, &flex, &p.delivery);
+            let net = cleared_net_kw(&plan, &fills, &flex);
+            let kwh = baton_engine::units::round_at(net * Decimal::from(5) / dec!(60), 6);
+            assert_eq!(m.import_kwh - m.export_kwh, kwh, "{} at {hour} h", a.id());
+            assert!(m.import_kwh >= Decimal::ZERO && m.export_kwh >= Decimal::ZERO);
+            assert!(m.import_kwh.is_zero() || m.export_kwh.is_zero());
+            assert_eq!((m.import_kwh.scale(), m.export_kwh.scale()), (6, 6));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * p.agents.len());
+    // A household without devices, fully served, meters its physical net load.
+    let h = p
+        .agents
+        .iter()
+        .find(|a| a.pv().is_none() && a.battery().is_none() && a.ev().is_none())
+        .unwrap();
+    let c = ctx(&p, DAY0 + 19 * 3600);
+    let plan = h.plan(&c, &p.strategy, &p.flex);
+    let m = meter(
+        h,
+        follow,
+        &plan,
+        &fills_at(&plan, dec!(0.28)),
+        &[],
+        &p.delivery,
+    );
+    let load = h.net_load_kw(&c.at);
+    assert_eq!(
+        m.import_kwh,
+        baton_engine::units::round_at(load / dec!(12), 6)
+    );
+}
+
+#[test]
+fn the_deviating_shares_are_exact_and_deviators_depart_from_their_clearing() {
+    use super::metering::{delivery_roles, meter};
+    let p = shipped();
+    let n = p.agents.len();
+    let roles = delivery_roles(&p);
+    assert_eq!(roles.len(), n);
+    // round(0.1 × 476) = 48 of each, chosen by independent shuffles.
+    assert_eq!(roles.iter().filter(|r| r.deviates).count(), 48);
+    assert_eq!(roles.iter().filter(|r| r.fails_flex).count(), 48);
+    assert_ne!(
+        roles.iter().map(|r| r.deviates).collect::<Vec<_>>(),
+        roles.iter().map(|r| r.fails_flex).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivery_roles(&shipped()),
+        roles,
+        "the same seed, the same roles"
+    );
+    let mut other = PopulationFile::parse(POPULATION).unwrap();
+    other.seed = 34;
+    let other = Population::generate(&other, FEEDER).unwrap();
+    assert_ne!(delivery_roles(&other), roles, "another seed, others");
+
+    // A deviator's meter departs from its cleared position (at most by the deviation), and a
+    // flexibility failure keeps its battery still for the allocation.
+    let c = ctx(&p, DAY0 + 19 * 3600);
+    let mut departed = 0;
+    for (a, r) in p.agents.iter().zip(&roles) {
+        let plan = a.plan(&c, &p.strategy, &p.flex);
+        let fills = fills_at(&plan, dec!(0.30));
+        let follows = meter(a, Default::default(), &plan, &fills, &[], &p.delivery);
+        let got = meter(a, *r, &plan, &fills, &[], &p.delivery);
+        let (f, g) = (
+            follows.import_kwh - follows.export_kwh,
+            got.import_kwh - got.export_kwh,
+        );
+        if r.deviates {
+            let load_kwh = a.household().demand_kw(a.seed(), a.id(), &c.at) / 12.0;
+            let bound = Decimal::from_f64_retain(load_kwh * 0.2).unwrap() + dec!(0.000002);
+            assert!((g - f).abs() <= bound, "{}: {g} vs {f}", a.id());
+            departed += usize::from(g != f);
+        } else {
+            assert_eq!(g, f);
+        }
+    }
+    assert!(
+        departed > 30,
+        "{departed} of 48 deviators metered something else"
+    );
+    let b = p
+        .agents
+        .iter()
+        .zip(&roles)
+        .find(|(a, _)| a.battery().is_some())
+        .unwrap()
+        .0;
+    let plan = b.plan(&c, &p.strategy, &p.flex);
+    let up = [(Direction::Up, dec!(1.2))];
+    let fails = super::metering::DeliveryRole {
+        deviates: false,
+        fails_flex: true,
+    };
+    let delivered = meter(b, Default::default(), &plan, &[], &up, &p.delivery);
+    let failed = meter(b, fails, &plan, &[], &up, &p.delivery);
+    // Delivering 1.2 kW of up-flexibility discharges 1.2 kW for 5 minutes: 0.1 kWh less drawn.
+    assert_eq!(
+        (failed.import_kwh - failed.export_kwh) - (delivered.import_kwh - delivered.export_kwh),
+        dec!(0.1)
     );
 }
