@@ -45,8 +45,11 @@ use baton_proto::wire;
 use prost::Message;
 use serde::Deserialize;
 
+use crate::delivery::{decode_reading, engine_reading, BoundDelivery};
 use crate::order_view::OrderView;
 use crate::record::{operator_book_digest, IntervalInput, INTERVAL_INPUT_FORMAT};
+use baton_engine::delivery::{MeterReading, IMBALANCE_ACCOUNT};
+use baton_ledger::{readings_digest, DeliverySettlementBody, MeterBody};
 
 /// The role name (see `baton_proto::wire`) that may buy flexibility.
 const NETWORK_OPERATOR_ROLE: &str = "network_operator";
@@ -244,6 +247,19 @@ struct Gate {
     result: Option<Vec<u8>>,
     /// A settlement or an `interval_not_cleared` event closed the interval.
     done: bool,
+    /// A settlement closed it: the interval was cleared, so its delivery can be metered.
+    settled: bool,
+}
+
+/// The meter readings of one interval so far.
+#[derive(Debug, Default)]
+struct IntervalReadings {
+    /// Their entries' seqs, ascending.
+    seqs: Vec<u64>,
+    /// (participant, node) of each, to refuse a second.
+    keys: HashSet<(String, String)>,
+    /// The readings, kept only to recompute the delivery ([`Binding::rebuilding`]).
+    readings: Vec<(u64, MeterReading)>,
 }
 
 /// The minimal view of a result the binding needs.
@@ -288,6 +304,10 @@ pub struct BindingReport {
     pub orders: u64,
     /// Intervals gated but not (yet) recorded: a clearing in progress.
     pub in_progress: Vec<i64>,
+    /// Meter readings bound to their signer, node and interval.
+    pub readings: u64,
+    /// Intervals whose delivery settlement was bound to exactly their readings.
+    pub deliveries: u64,
 }
 
 /// The replay of a ledger that binds each interval's book; an [`EntryCheck`] for
@@ -308,6 +328,14 @@ pub struct Binding {
     keep: bool,
     ready: Vec<BoundInterval>,
     report: BindingReport,
+    /// Registered meters: (participant, meter id).
+    meters: HashSet<(String, String)>,
+    /// Last reading nonce per signer: (participant, meter id or none for its own key).
+    reading_nonces: HashMap<(String, Option<String>), u64>,
+    readings: BTreeMap<i64, IntervalReadings>,
+    /// Intervals whose delivery is settled → the `delivery_settlement` seq.
+    delivered: HashMap<i64, u64>,
+    ready_deliveries: Vec<BoundDelivery>,
 }
 
 impl Binding {
@@ -327,6 +355,12 @@ impl Binding {
     /// Intervals completely recorded since the last call (with [`Binding::rebuilding`]).
     pub fn take_ready(&mut self) -> Vec<BoundInterval> {
         std::mem::take(&mut self.ready)
+    }
+
+    /// Delivery settlements completely bound since the last call (with
+    /// [`Binding::rebuilding`]).
+    pub fn take_ready_deliveries(&mut self) -> Vec<BoundDelivery> {
+        std::mem::take(&mut self.ready_deliveries)
     }
 
     /// The checks that need the whole ledger: a gate whose count or digest is wrong is an error
@@ -565,6 +599,7 @@ impl Binding {
                 input_seq: None,
                 result: None,
                 done: false,
+                settled: false,
             },
         );
         Ok(())
@@ -625,6 +660,7 @@ impl Binding {
         gate.input_seq = Some(e.seq);
         gate.result = None;
         gate.done = false;
+        gate.settled = false;
         self.recorded.insert(t, e.seq);
         Ok(())
     }
@@ -765,6 +801,7 @@ impl Binding {
         let keep = self.keep;
         let gate = self.gates.get_mut(&t).expect("checked above");
         gate.done = true;
+        gate.settled = true;
         self.report.intervals += 1;
         self.report.orders += match &gate.operator_market {
             Some(m) => (m.orders.len() + m.flex_offers.len()) as u64,
@@ -790,6 +827,158 @@ impl Binding {
                 rounding: gate.rounding,
                 result: gate.result.clone().unwrap_or_default(),
                 settlement: e.body.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn meter(&mut self, body: &[u8]) -> Result<(), String> {
+        let m = MeterBody::from_bytes(body).map_err(|e| e.to_string())?;
+        if !self.participants.contains_key(&m.participant_id) {
+            return Err(format!(
+                "meter {:?} registered for unknown participant {:?}",
+                m.meter_id, m.participant_id
+            ));
+        }
+        if !self
+            .meters
+            .insert((m.participant_id.clone(), m.meter_id.clone()))
+        {
+            return Err(format!(
+                "meter {:?} of participant {:?} is registered twice",
+                m.meter_id, m.participant_id
+            ));
+        }
+        Ok(())
+    }
+
+    fn reading(&mut self, e: &EntryView<'_>) -> Result<(), String> {
+        let body = e
+            .reading
+            .ok_or("meter_reading entry without a reading body")?;
+        let Some(t) = e.interval_start else {
+            return Err("meter_reading entry without an interval".into());
+        };
+        let Some(gate) = self.gates.get(&t).filter(|g| g.done && g.settled) else {
+            return Err(format!(
+                "meter reading for interval {t}, which is not recorded (cleared) before it"
+            ));
+        };
+        let interval_s = i64::from(
+            gate.operator_market
+                .as_ref()
+                .or(gate.network.as_deref())
+                .map(|m| m.interval_minutes)
+                .unwrap_or(0),
+        ) * 60;
+        let r = decode_reading(&body.payload, interval_s)?;
+        let who = r.participant.as_str();
+        if who != body.participant_id {
+            return Err(format!(
+                "reading names participant {who:?} but the entry is signed for {:?}",
+                body.participant_id
+            ));
+        }
+        let meter = r.meter_id.as_ref().map(|m| m.as_str().to_string());
+        if meter != body.meter_id {
+            return Err(format!(
+                "reading names meter {meter:?} but the entry is signed by {:?}",
+                body.meter_id
+            ));
+        }
+        if r.interval_start != t {
+            return Err(format!(
+                "reading is for interval {} but its entry says {t}",
+                r.interval_start
+            ));
+        }
+        if let Some(d) = self.delivered.get(&t) {
+            return Err(format!(
+                "meter reading of {who:?} for interval {t} is logged after that interval's delivery settlement (seq {d})"
+            ));
+        }
+        match self.participants.get(who) {
+            None => return Err(format!("meter reading of unknown participant {who:?}")),
+            Some(ParticipantState {
+                node: Some(node), ..
+            }) if *node != r.node => {
+                return Err(format!(
+                    "meter reading of {who:?} is at node {:?} but it is registered at {node:?}",
+                    r.node
+                ))
+            }
+            Some(_) => {}
+        }
+        let signer = (who.to_string(), meter.clone());
+        let last = self.reading_nonces.entry(signer).or_insert(0);
+        if r.nonce <= *last {
+            let by = match &meter {
+                Some(m) => format!("meter {m:?} of {who:?}"),
+                None => format!("participant {who:?}"),
+            };
+            return Err(format!(
+                "reading nonce {} of {by} does not increase (the last was {last})",
+                r.nonce
+            ));
+        }
+        *last = r.nonce;
+        let set = self.readings.entry(t).or_default();
+        if !set.keys.insert((who.to_string(), r.node.clone())) {
+            return Err(format!(
+                "a second meter reading of {who:?} at node {:?} for interval {t}",
+                r.node
+            ));
+        }
+        set.seqs.push(e.seq);
+        if self.keep {
+            set.readings.push((e.seq, engine_reading(&r)));
+        }
+        self.report.readings += 1;
+        Ok(())
+    }
+
+    fn delivery(&mut self, e: &EntryView<'_>, t: i64) -> Result<(), String> {
+        let body = DeliverySettlementBody::from_bytes(e.body).map_err(|err| err.to_string())?;
+        let Some(gate) = self.gates.get(&t).filter(|g| g.done && g.settled) else {
+            return Err(format!(
+                "interval {t}: delivery settlement of an interval not recorded (cleared) before it"
+            ));
+        };
+        if let Some(prev) = self.delivered.get(&t) {
+            return Err(format!(
+                "interval {t}: delivery settled twice (seq {prev} and {})",
+                e.seq
+            ));
+        }
+        let set = self.readings.remove(&t).unwrap_or_default();
+        let digest = readings_digest(set.seqs.iter().copied());
+        if body.readings != set.seqs.len() as u64 || body.readings_digest != digest {
+            return Err(format!(
+                "interval {t}: the delivery settlement at seq {} binds {} readings (digest {}) but the meter readings for {t} before it are {} (digest {})",
+                e.seq,
+                body.readings,
+                hex::encode(body.readings_digest),
+                set.seqs.len(),
+                hex::encode(digest)
+            ));
+        }
+        if let Some(p) = body
+            .postings
+            .iter()
+            .find(|p| p.account != IMBALANCE_ACCOUNT && !self.account_allowed(gate, &p.account))
+        {
+            return Err(format!(
+                "interval {t}: delivery settlement pays account {:?}, which is neither an admitted participant nor a system account",
+                p.account
+            ));
+        }
+        self.delivered.insert(t, e.seq);
+        self.report.deliveries += 1;
+        if self.keep {
+            self.ready_deliveries.push(BoundDelivery {
+                interval: t,
+                readings: set.readings,
+                body: e.body.to_vec(),
             });
         }
         Ok(())
@@ -839,6 +1028,12 @@ impl EntryCheck for Binding {
                 Err(format!("{} entry without an interval", e.kind))
             }
             (EntryKind::MarketEvent, _) => self.event(&e),
+            (EntryKind::Meter, _) => self.meter(e.body),
+            (EntryKind::MeterReading, _) => self.reading(&e),
+            (EntryKind::DeliverySettlement, Some(t)) => self.delivery(&e, t),
+            (EntryKind::DeliverySettlement, None) => {
+                Err("delivery_settlement entry without an interval".into())
+            }
             (EntryKind::Correction, _) => {
                 let c = CorrectionBody::from_bytes(e.body).map_err(|err| err.to_string())?;
                 self.corrected.extend(c.corrects);

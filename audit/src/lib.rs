@@ -19,10 +19,12 @@ use baton_ledger::audit::{
     EntryCheck, EntryView, FailureReason, VerifyFailure, VerifyOptions, VerifyReport,
 };
 use baton_ledger::{
-    Checkpoint, EntryKind, Ledger, LedgerError, PublicKey, SignedMessageBody, ENTRIES_PER_READ_MAX,
+    Checkpoint, EntryKind, Ledger, LedgerError, MeterReadingBody, PublicKey, SignedMessageBody,
+    ENTRIES_PER_READ_MAX,
 };
 
 pub mod book;
+pub mod delivery;
 pub mod order_view;
 pub mod record;
 pub mod summary;
@@ -89,6 +91,10 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
     };
     let mut binding = Binding::rebuilding();
     let mut done = Vec::new();
+    let mut cleared: std::collections::HashMap<
+        i64,
+        (usize, baton_engine::Market, baton_engine::Clearing),
+    > = std::collections::HashMap::new();
     let mut from = 1u64;
     loop {
         let page = ledger
@@ -98,37 +104,27 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
         let Some(last) = page.last() else { break };
         from = last.seq + 1;
         for e in &page {
-            let signed = match e.kind {
-                EntryKind::Order | EntryKind::Cancel => Some(
-                    SignedMessageBody::from_bytes(e.kind, &e.body).map_err(|err| {
-                        ReclearError::Binding {
-                            seq: e.seq,
-                            reason: err.to_string(),
-                        }
-                    })?,
-                ),
-                _ => None,
-            };
-            binding
-                .check(EntryView {
-                    seq: e.seq,
-                    kind: e.kind,
-                    interval_start: e.interval_start,
-                    body: &e.body,
-                    signed: signed.as_ref(),
-                })
-                .map_err(|reason| ReclearError::Binding { seq: e.seq, reason })?;
+            check_entry(&mut binding, e)?;
             for b in binding.take_ready() {
                 if only.is_some_and(|t| t != b.interval) {
                     continue;
                 }
-                done.push(record::reclear(
+                let (r, market, clearing) = record::reclear_keeping(
                     b.interval,
                     &b.market,
                     b.rounding,
                     &b.result,
                     &b.settlement,
-                )?);
+                )?;
+                // Kept until the interval's delivery settlement is recomputed against it.
+                cleared.insert(b.interval, (done.len(), market, clearing));
+                done.push(r);
+            }
+            for d in binding.take_ready_deliveries() {
+                let Some((at, market, clearing)) = cleared.remove(&d.interval) else {
+                    continue;
+                };
+                done[at].delivery_postings = Some(delivery::redeliver(&d, &market, &clearing)?);
             }
         }
     }
@@ -136,6 +132,80 @@ async fn reclear_open(ledger: &Ledger, only: Option<i64>) -> Result<Vec<Recleare
         .finish()
         .map_err(|reason| ReclearError::Binding { seq: 0, reason })?;
     Ok(done)
+}
+
+/// The markets and clearings of the recorded intervals in `wanted`, rebuilt from the ledger
+/// as [`reclear_ledger`] rebuilds them (the bound book, re-cleared and checked against the
+/// recording): what the live market settles an interval's delivery against after a restart.
+/// An interval whose re-clear differs from its recording is an error.
+pub async fn rebuild_clearings(
+    ledger: &Ledger,
+    wanted: &std::collections::BTreeSet<i64>,
+) -> Result<
+    std::collections::BTreeMap<i64, (baton_engine::Market, baton_engine::Clearing)>,
+    ReclearError,
+> {
+    let ledger_error = |source| ReclearError::Ledger {
+        db: String::new(),
+        source,
+    };
+    let mut binding = Binding::rebuilding();
+    let mut out = std::collections::BTreeMap::new();
+    let mut from = 1u64;
+    while out.len() < wanted.len() {
+        let page = ledger
+            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
+            .await
+            .map_err(ledger_error)?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for e in &page {
+            check_entry(&mut binding, e)?;
+            for b in binding.take_ready() {
+                if !wanted.contains(&b.interval) {
+                    continue;
+                }
+                let (_, market, clearing) = record::reclear_keeping(
+                    b.interval,
+                    &b.market,
+                    b.rounding,
+                    &b.result,
+                    &b.settlement,
+                )?;
+                out.insert(b.interval, (market, clearing));
+            }
+            binding.take_ready_deliveries();
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the binding on one entry read from the ledger.
+fn check_entry(binding: &mut Binding, e: &baton_ledger::Entry) -> Result<(), ReclearError> {
+    let bad = |err: baton_ledger::body::BodyError| ReclearError::Binding {
+        seq: e.seq,
+        reason: err.to_string(),
+    };
+    let signed = match e.kind {
+        EntryKind::Order | EntryKind::Cancel => {
+            Some(SignedMessageBody::from_bytes(e.kind, &e.body).map_err(bad)?)
+        }
+        _ => None,
+    };
+    let reading = match e.kind {
+        EntryKind::MeterReading => Some(MeterReadingBody::from_bytes(&e.body).map_err(bad)?),
+        _ => None,
+    };
+    binding
+        .check(EntryView {
+            seq: e.seq,
+            kind: e.kind,
+            interval_start: e.interval_start,
+            body: &e.body,
+            signed: signed.as_ref(),
+            reading: reading.as_ref(),
+        })
+        .map_err(|reason| ReclearError::Binding { seq: e.seq, reason })
 }
 
 /// What [`verify`] found: the ledger's own checks and the book binding.
@@ -151,11 +221,13 @@ impl std::fmt::Display for AuditReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}; books bound: {} intervals ({} operator-entered), {} orders",
+            "{}; books bound: {} intervals ({} operator-entered), {} orders; delivery: {} readings, {} intervals settled",
             self.ledger,
             self.binding.intervals,
             self.binding.operator_intervals,
-            self.binding.orders
+            self.binding.orders,
+            self.binding.readings,
+            self.binding.deliveries
         )?;
         if !self.binding.in_progress.is_empty() {
             write!(

@@ -99,6 +99,14 @@ pub enum RecordError {
         /// The amount.
         amount: String,
     },
+    /// The engine refused to settle an interval's metered delivery.
+    #[error("interval {interval}: delivery settlement failed: {reason}")]
+    Delivery {
+        /// Interval start.
+        interval: i64,
+        /// The engine's reason.
+        reason: String,
+    },
     /// Re-clearing gave something else than was recorded.
     #[error("interval {interval}: {what} differs from the recording{detail}")]
     Mismatch {
@@ -199,6 +207,8 @@ pub struct Recleared {
     pub orders: usize,
     /// Postings checked.
     pub postings: usize,
+    /// Postings of the interval's delivery settlement checked, once it is recorded.
+    pub delivery_postings: Option<usize>,
 }
 
 /// Re-clears one interval from the market the ledger binds it to (`spec`, see
@@ -210,6 +220,18 @@ pub fn reclear(
     result: &[u8],
     settlement: &[u8],
 ) -> Result<Recleared, RecordError> {
+    reclear_keeping(interval, spec, rounding, result, settlement).map(|(r, _, _)| r)
+}
+
+/// [`reclear`], also handing back the market and its clearing (what the interval's delivery
+/// settlement is recomputed against, [`crate::delivery::redeliver`]).
+pub fn reclear_keeping(
+    interval: i64,
+    spec: &MarketSpec,
+    rounding: bool,
+    result: &[u8],
+    settlement: &[u8],
+) -> Result<(Recleared, Market, Clearing), RecordError> {
     let market = if rounding {
         Market::new_rounding(spec)
     } else {
@@ -235,17 +257,19 @@ pub fn reclear(
             detail: first_difference(settlement, &recorded),
         });
     }
-    Ok(Recleared {
+    let r = Recleared {
         interval,
         orders: market.participant_order_count(),
         postings: body.postings.len(),
-    })
+        delivery_postings: None,
+    };
+    Ok((r, market, clearing))
 }
 
 /// Where two recorded texts first differ: the byte offset and, from each, the text around it
 /// from the record it falls in (the last `{` before it, at most 80 bytes back) to 40 bytes on,
 /// e.g. ` at byte 212: recorded "{\"id\":\"B\",\"lmp\":0.450000,…" but re-cleared "…0.350000…"`.
-fn first_difference(recorded: &[u8], again: &[u8]) -> String {
+pub(crate) fn first_difference(recorded: &[u8], again: &[u8]) -> String {
     const BACK_BYTES_MAX: usize = 80;
     const ON_BYTES: usize = 40;
     let Some(i) = recorded

@@ -157,6 +157,8 @@ pub struct IntervalSummary {
     pub flex_cost: Decimal,
     /// Welfare as the clearing states it (currency per hour).
     pub welfare: Decimal,
+    /// Metered delivery, once the interval's `delivery_settlement` is recorded.
+    pub delivery: Option<DeliveryFigures>,
     /// Every line's flow, kW from its `from` node to its `to` node, in result order (for the
     /// feeder drawing; not in the JSON).
     #[serde(skip)]
@@ -419,6 +421,7 @@ struct Partial {
     not_cleared: Option<String>,
     orders_recorded: usize,
     cancels_recorded: usize,
+    delivery: Option<DeliveryFigures>,
 }
 
 /// Builds a [`Report`] from entries given in sequence order (see [`read`]).
@@ -520,6 +523,10 @@ impl ReportBuilder {
                         .map(|p| (p.memo.as_deref().unwrap_or_default(), p.amount.as_decimal())),
                 );
                 self.intervals.entry(t).or_default().settlement_flex_cost = Some(cost);
+            }
+            EntryKind::DeliverySettlement => {
+                let f = delivery_figures(&e.body).map_err(|r| entry_error(e, r))?;
+                self.intervals.entry(t).or_default().delivery = Some(f);
             }
             EntryKind::MarketEvent => {
                 // Other events (pause, resume) are market-wide and not about an interval.
@@ -648,6 +655,7 @@ impl ReportBuilder {
             flex,
             flex_cost: Decimal::ZERO,
             welfare: r.welfare.0,
+            delivery: None,
             line_flows: r.lines.iter().map(|l| (l.id.clone(), l.flow.0)).collect(),
         };
         let mut prices = Vec::new();
@@ -717,6 +725,7 @@ impl ReportBuilder {
                     for (i, price) in prices {
                         row[i] = Some(price);
                     }
+                    s.delivery = p.delivery;
                     s
                 }
                 (None, Some(reason)) => not_cleared(
@@ -790,6 +799,7 @@ fn not_cleared(t: i64, reason: String, orders: usize) -> IntervalSummary {
         flex_procured_kw: Decimal::ZERO,
         flex_cost: round_at(Decimal::ZERO, MONEY_SCALE),
         welfare: Decimal::ZERO,
+        delivery: None,
         line_flows: Vec::new(),
     }
 }
@@ -907,4 +917,69 @@ mod tests {
             Decimal::from(1_000_000_000_000_000_i64)
         );
     }
+}
+
+/// An interval's metered delivery in figures, read from its `delivery_settlement` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryFigures {
+    /// Readings settled.
+    pub readings: u64,
+    /// Positions settled by the missing-reading rule (cleared energy or flexibility, no
+    /// reading: estimated as the schedule, its flexibility undelivered).
+    pub missing: u64,
+    /// Sum of |imbalance| over the positions, kWh.
+    pub imbalance_kwh: Decimal,
+    /// Net amount the participants paid for their imbalance: what
+    /// `market-operator:imbalance` received (negative: it paid out more than it took).
+    pub imbalance_cost: Decimal,
+    /// Flexibility procured in the clearing, kWh (up and down together).
+    pub flex_procured_kwh: Decimal,
+    /// Flexibility the meters show delivered, kWh.
+    pub flex_delivered_kwh: Decimal,
+    /// Penalties charged for flexibility not delivered (the `flex penalty …` postings).
+    pub flex_penalties: Decimal,
+}
+
+/// The figures of a `delivery_settlement` body, from its positions (the engine's
+/// `delivery::Position`, as recorded) and its postings.
+pub fn delivery_figures(body: &[u8]) -> Result<DeliveryFigures, String> {
+    use baton_engine::delivery::IMBALANCE_ACCOUNT;
+    let b = baton_ledger::DeliverySettlementBody::from_bytes(body).map_err(|e| e.to_string())?;
+    let positions = b
+        .delivery
+        .get("positions")
+        .and_then(|p| p.as_array())
+        .ok_or("delivery has no positions")?;
+    let num = |p: &serde_json::Value, key: &str| -> Result<Decimal, String> {
+        match p.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(Decimal::ZERO),
+            Some(serde_json::Value::String(s)) => s
+                .parse::<Decimal>()
+                .map_err(|e| format!("position {key} {s:?}: {e}")),
+            Some(other) => Err(format!("position {key} is not a decimal string: {other}")),
+        }
+    };
+    let mut f = DeliveryFigures {
+        readings: b.readings,
+        ..DeliveryFigures::default()
+    };
+    for p in positions {
+        if p.get("metered_kwh").is_none_or(|m| m.is_null()) {
+            f.missing += 1;
+        }
+        f.imbalance_kwh += num(p, "imbalance_kwh")?.abs();
+        f.flex_procured_kwh += num(p, "flex_procured_kwh")?.abs();
+        f.flex_delivered_kwh += num(p, "flex_delivered_kwh")?.abs();
+    }
+    for p in &b.postings {
+        let memo = p.memo.as_deref().unwrap_or("");
+        let amount = p.amount.as_decimal();
+        if p.account == IMBALANCE_ACCOUNT {
+            f.imbalance_cost += amount;
+        } else if memo.starts_with("flex penalty ") && amount > Decimal::ZERO {
+            // Each penalty is a pair: the provider pays, the requirement's account receives.
+            f.flex_penalties += amount;
+        }
+    }
+    Ok(f)
 }

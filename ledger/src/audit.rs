@@ -10,7 +10,9 @@ use std::io::Write;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::body::{parse_body, Amount, KnownBody, ParticipantStatus, SignedMessageBody};
+use crate::body::{
+    parse_body, Amount, KnownBody, MeterReadingBody, ParticipantStatus, Posting, SignedMessageBody,
+};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::entry::{entry_hash, Entry, EntryKind, Hash, GENESIS_PREV_HASH};
 use crate::error::{LedgerError, Result};
@@ -117,6 +119,13 @@ pub enum FailureReason {
     ParticipantSuspended(String),
     /// The participant signature does not verify.
     BadParticipantSignature(String),
+    /// A meter reading names a meter not registered for its participant before it.
+    UnknownMeter {
+        /// The participant.
+        participant: String,
+        /// The meter id.
+        meter: String,
+    },
     /// An interval's settlement postings do not sum to zero.
     NotZeroSum {
         /// The interval.
@@ -182,6 +191,10 @@ impl fmt::Display for FailureReason {
             InvalidBody(e) => write!(f, "invalid body: {e}"),
             UnknownParticipant(p) => write!(f, "signed by unknown participant {p:?}"),
             ParticipantSuspended(p) => write!(f, "order from suspended participant {p:?}"),
+            UnknownMeter { participant, meter } => write!(
+                f,
+                "meter reading signed by meter {meter:?}, which is not registered for participant {participant:?} before it"
+            ),
             BadParticipantSignature(p) => {
                 write!(f, "participant signature of {p:?} does not verify")
             }
@@ -223,6 +236,40 @@ impl fmt::Display for FailureReason {
             Check(e) => f.write_str(e),
         }
     }
+}
+
+/// Adds one entry's postings to the per-interval sums (overall and since the last
+/// checkpoint), the balances and the postings rows the table must hold for it.
+fn add_postings(
+    seq: u64,
+    interval_start: i64,
+    postings: Vec<Posting>,
+    sums: [&mut BTreeMap<i64, (Amount, u64)>; 2],
+    balances: &mut BTreeMap<String, Amount>,
+    rows: &mut Vec<PostingRow>,
+) -> Result<(), VerifyFailure> {
+    let [totals, batch_sums] = sums;
+    for (idx, p) in postings.into_iter().enumerate() {
+        let overflow = || VerifyFailure {
+            seq,
+            reason: FailureReason::InvalidBody("amount overflow".into()),
+        };
+        for map in [&mut *totals, &mut *batch_sums] {
+            let slot = map.entry(interval_start).or_insert((Amount::ZERO, seq));
+            slot.0 = slot.0.checked_add(p.amount).ok_or_else(overflow)?;
+            slot.1 = seq;
+        }
+        let bal = balances.entry(p.account.clone()).or_insert(Amount::ZERO);
+        *bal = bal.checked_add(p.amount).ok_or_else(overflow)?;
+        rows.push(PostingRow {
+            seq: seq as i64,
+            idx: idx as i64,
+            account: p.account,
+            amount: p.amount.to_string(),
+            interval_start,
+        });
+    }
+    Ok(())
 }
 
 /// Verification failed at `seq` (0 when no single entry is to blame).
@@ -310,6 +357,8 @@ pub struct EntryView<'a> {
     pub body: &'a [u8],
     /// The parsed body of an `order` or `cancel` entry.
     pub signed: Option<&'a SignedMessageBody>,
+    /// The parsed body of a `meter_reading` entry.
+    pub reading: Option<&'a MeterReadingBody>,
 }
 
 /// Checks of entry contents the ledger does not own (what an interval's book and result must
@@ -484,6 +533,8 @@ async fn run_verify(
     let mut prev_hash: Hash = GENESIS_PREV_HASH;
     let mut expected: u64 = 1;
     let mut participants: HashMap<String, (VerifyingKey, ParticipantStatus)> = HashMap::new();
+    // Registered meters: (participant, meter id) → key.
+    let mut meters: HashMap<(String, String), VerifyingKey> = HashMap::new();
     // Per interval: running total and last settlement seq, overall and since the last checkpoint.
     let mut totals: BTreeMap<i64, (Amount, u64)> = BTreeMap::new();
     let mut batch_sums: BTreeMap<i64, (Amount, u64)> = BTreeMap::new();
@@ -559,6 +610,10 @@ async fn run_verify(
                     KnownBody::Signed(m) => Some(m),
                     _ => None,
                 },
+                reading: match &body {
+                    KnownBody::Reading(r) => Some(r),
+                    _ => None,
+                },
             };
             if let Err(e) = check.check(view) {
                 return fail(seq, FailureReason::Check(e));
@@ -592,6 +647,75 @@ async fn run_verify(
                         sig_count += 1;
                     }
                 }
+                KnownBody::Meter(m) => {
+                    let key = m
+                        .key()
+                        .expect("parse_body checked the key")
+                        .as_dalek()
+                        .to_owned();
+                    meters.insert((m.participant_id, m.meter_id), key);
+                }
+                KnownBody::Reading(r) => {
+                    // Signed by the meter registered for the participant, or by the
+                    // participant's own key: whichever the entry names.
+                    let key = match &r.meter_id {
+                        Some(meter) => match meters.get(&(r.participant_id.clone(), meter.clone()))
+                        {
+                            Some(k) => *k,
+                            None => {
+                                return fail(
+                                    seq,
+                                    FailureReason::UnknownMeter {
+                                        participant: r.participant_id,
+                                        meter: meter.clone(),
+                                    },
+                                )
+                            }
+                        },
+                        None => match participants.get(&r.participant_id) {
+                            Some((k, _)) => *k,
+                            None => {
+                                return fail(
+                                    seq,
+                                    FailureReason::UnknownParticipant(r.participant_id),
+                                )
+                            }
+                        },
+                    };
+                    if opts.participant_signatures {
+                        sigs.push(PendingSig {
+                            seq,
+                            participant: match &r.meter_id {
+                                Some(m) => format!("{} (meter {m})", r.participant_id),
+                                None => r.participant_id,
+                            },
+                            key,
+                            msg: r.payload,
+                            sig: Signature::from_bytes(&r.signature),
+                        })
+                        .await?;
+                        sig_count += 1;
+                    }
+                }
+                KnownBody::Delivery(d) => {
+                    if raw.interval_start != Some(d.interval_start) {
+                        return fail(
+                            seq,
+                            FailureReason::InvalidBody(format!(
+                                "delivery_settlement interval_start {} differs from the entry's {:?}",
+                                d.interval_start, raw.interval_start
+                            )),
+                        );
+                    }
+                    add_postings(
+                        seq,
+                        d.interval_start,
+                        d.postings,
+                        [&mut totals, &mut batch_sums],
+                        &mut balances,
+                        &mut expected_rows,
+                    )?;
+                }
                 KnownBody::Settlement(s) => {
                     if raw.interval_start != Some(s.interval_start) {
                         return fail(
@@ -602,26 +726,14 @@ async fn run_verify(
                             )),
                         );
                     }
-                    for (idx, p) in s.postings.into_iter().enumerate() {
-                        let overflow = || VerifyFailure {
-                            seq,
-                            reason: FailureReason::InvalidBody("amount overflow".into()),
-                        };
-                        for map in [&mut totals, &mut batch_sums] {
-                            let slot = map.entry(s.interval_start).or_insert((Amount::ZERO, seq));
-                            slot.0 = slot.0.checked_add(p.amount).ok_or_else(overflow)?;
-                            slot.1 = seq;
-                        }
-                        let bal = balances.entry(p.account.clone()).or_insert(Amount::ZERO);
-                        *bal = bal.checked_add(p.amount).ok_or_else(overflow)?;
-                        expected_rows.push(PostingRow {
-                            seq: seq as i64,
-                            idx: idx as i64,
-                            account: p.account,
-                            amount: p.amount.to_string(),
-                            interval_start: s.interval_start,
-                        });
-                    }
+                    add_postings(
+                        seq,
+                        s.interval_start,
+                        s.postings,
+                        [&mut totals, &mut batch_sums],
+                        &mut balances,
+                        &mut expected_rows,
+                    )?;
                 }
                 KnownBody::Correction(c) => {
                     if let Some(&t) = c.corrects.iter().find(|&&t| t == 0 || t >= seq) {

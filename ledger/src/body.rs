@@ -285,18 +285,7 @@ impl SettlementBody {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
         let k = EntryKind::Settlement;
         let b: Self = decode(k, bytes)?;
-        if b.postings.len() > POSTINGS_PER_ENTRY_MAX {
-            return Err(invalid(
-                k,
-                format!("more than {POSTINGS_PER_ENTRY_MAX} postings"),
-            ));
-        }
-        for p in &b.postings {
-            check_name("account", &p.account).map_err(|r| invalid(k, r))?;
-            if let Some(m) = &p.memo {
-                check_name("memo", m).map_err(|r| invalid(k, r))?;
-            }
-        }
+        check_postings(k, &b.postings)?;
         Ok(b)
     }
 
@@ -387,6 +376,159 @@ impl GateClosedBody {
     }
 }
 
+/// Body of a `meter` entry: a meter the operator registers for a participant. The meter's key
+/// may sign that participant's `meter_reading`s (as may the participant's own key). A meter id
+/// is registered once per participant; a new key means a new meter id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterBody {
+    /// Opaque details (the operator's request nonce…), canonicalised with sorted keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// The meter's id, unique per participant.
+    pub meter_id: String,
+    /// The participant whose connection point it measures.
+    pub participant_id: String,
+    /// The ed25519 key that signs the meter's readings.
+    #[serde(with = "crate::hexser::array")]
+    pub public_key: [u8; 32],
+}
+
+impl MeterBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body (including that the key is a valid, non-weak key).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::Meter;
+        let b: Self = decode(k, bytes)?;
+        check_name("participant_id", &b.participant_id).map_err(|r| invalid(k, r))?;
+        check_name("meter_id", &b.meter_id).map_err(|r| invalid(k, r))?;
+        PublicKey::from_bytes(&b.public_key).map_err(|e| invalid(k, e.to_string()))?;
+        Ok(b)
+    }
+
+    /// The meter's key.
+    pub fn key(&self) -> Option<PublicKey> {
+        PublicKey::from_bytes(&self.public_key).ok()
+    }
+}
+
+/// Body of a `meter_reading` entry: the signed reading byte for byte. Signed by the meter
+/// `meter_id` registered for `participant_id` (a `meter` entry before it) or, without
+/// `meter_id`, by the participant's own key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterReadingBody {
+    /// The registered meter that signed it; absent: the participant signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter_id: Option<String>,
+    /// The participant whose connection point was measured.
+    pub participant_id: String,
+    /// The exact bytes the signer signed (opaque to the ledger).
+    #[serde(with = "crate::hexser::vec")]
+    pub payload: Vec<u8>,
+    /// ed25519 signature over `payload`.
+    #[serde(with = "crate::hexser::array")]
+    pub signature: [u8; 64],
+}
+
+impl MeterReadingBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::MeterReading;
+        let b: Self = decode(k, bytes)?;
+        check_name("participant_id", &b.participant_id).map_err(|r| invalid(k, r))?;
+        if let Some(m) = &b.meter_id {
+            check_name("meter_id", m).map_err(|r| invalid(k, r))?;
+        }
+        Ok(b)
+    }
+}
+
+/// Body of a `delivery_settlement` entry: interval T's metered delivery settled against its
+/// clearing, appended once T's reading deadline has passed. The postings sum to exactly zero
+/// (the append refuses the batch otherwise, the verifier checks it) and are indexed like a
+/// settlement's; `delivery` and `rules` are the engine's, opaque to the ledger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettlementBody {
+    /// The engine's delivery result without its postings (positions, interval length).
+    pub delivery: serde_json::Value,
+    /// The interval, unix seconds; equals the entry's `interval_start`.
+    pub interval_start: i64,
+    /// The delivery payments, in order.
+    pub postings: Vec<Posting>,
+    /// Readings settled: the `meter_reading` entries for T before this one.
+    pub readings: u64,
+    /// [`readings_digest`] of those entries' seqs.
+    #[serde(with = "crate::hexser::array")]
+    pub readings_digest: [u8; 32],
+    /// The delivery rules the engine applied.
+    pub rules: serde_json::Value,
+}
+
+impl DeliverySettlementBody {
+    /// Canonical bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Parses and checks a canonical body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let k = EntryKind::DeliverySettlement;
+        let b: Self = decode(k, bytes)?;
+        check_postings(k, &b.postings)?;
+        Ok(b)
+    }
+
+    /// Sum of the postings (`None` on overflow).
+    pub fn total(&self) -> Option<Amount> {
+        self.postings
+            .iter()
+            .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+    }
+}
+
+/// Domain separation of [`readings_digest`].
+const READINGS_DIGEST_DOMAIN: &[u8] = b"baton readings v1\n";
+
+/// The digest a `delivery_settlement` entry binds its readings with: SHA-256 of
+/// `"baton readings v1\n"` followed by each `meter_reading` entry's seq, ascending, as 8 bytes
+/// big-endian. `seqs` must be ascending; the caller sorts.
+pub fn readings_digest(seqs: impl IntoIterator<Item = u64>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(READINGS_DIGEST_DOMAIN);
+    for s in seqs {
+        h.update(s.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+fn check_postings(k: EntryKind, postings: &[Posting]) -> Result<(), BodyError> {
+    if postings.len() > POSTINGS_PER_ENTRY_MAX {
+        return Err(invalid(
+            k,
+            format!("more than {POSTINGS_PER_ENTRY_MAX} postings"),
+        ));
+    }
+    for p in postings {
+        check_name("account", &p.account).map_err(|r| invalid(k, r))?;
+        if let Some(m) = &p.memo {
+            check_name("memo", m).map_err(|r| invalid(k, r))?;
+        }
+    }
+    Ok(())
+}
+
 /// A body the ledger understands, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum KnownBody {
@@ -395,6 +537,9 @@ pub(crate) enum KnownBody {
     Settlement(SettlementBody),
     Correction(CorrectionBody),
     Gate(GateClosedBody),
+    Meter(MeterBody),
+    Reading(MeterReadingBody),
+    Delivery(DeliverySettlementBody),
     Opaque,
 }
 
@@ -408,6 +553,11 @@ pub(crate) fn parse_body(kind: EntryKind, bytes: &[u8]) -> Result<KnownBody, Bod
         EntryKind::Settlement => KnownBody::Settlement(SettlementBody::from_bytes(bytes)?),
         EntryKind::Correction => KnownBody::Correction(CorrectionBody::from_bytes(bytes)?),
         EntryKind::GateClosed => KnownBody::Gate(GateClosedBody::from_bytes(bytes)?),
+        EntryKind::Meter => KnownBody::Meter(MeterBody::from_bytes(bytes)?),
+        EntryKind::MeterReading => KnownBody::Reading(MeterReadingBody::from_bytes(bytes)?),
+        EntryKind::DeliverySettlement => {
+            KnownBody::Delivery(DeliverySettlementBody::from_bytes(bytes)?)
+        }
         _ => KnownBody::Opaque,
     })
 }
@@ -441,6 +591,29 @@ impl NewEntry {
     pub fn gate_closed(body: &GateClosedBody) -> Self {
         NewEntry::new(
             EntryKind::GateClosed,
+            Some(body.interval_start),
+            body.to_bytes(),
+        )
+    }
+
+    /// A `meter` entry.
+    pub fn meter(body: &MeterBody) -> Self {
+        NewEntry::new(EntryKind::Meter, None, body.to_bytes())
+    }
+
+    /// A `meter_reading` entry for the reading's interval.
+    pub fn meter_reading(interval_start: i64, body: &MeterReadingBody) -> Self {
+        NewEntry::new(
+            EntryKind::MeterReading,
+            Some(interval_start),
+            body.to_bytes(),
+        )
+    }
+
+    /// A `delivery_settlement` entry for `body.interval_start`.
+    pub fn delivery_settlement(body: &DeliverySettlementBody) -> Self {
+        NewEntry::new(
+            EntryKind::DeliverySettlement,
             Some(body.interval_start),
             body.to_bytes(),
         )
@@ -507,6 +680,59 @@ mod tests {
         ] {
             assert!(SettlementBody::from_bytes(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn metering_bodies_have_one_spelling() {
+        let key = crate::key::OperatorKey::from_seed(&[4; 32]).public_key();
+        let m = MeterBody {
+            details: Some(serde_json::json!({"admin_nonce": 7})),
+            meter_id: "m1".into(),
+            participant_id: "bob".into(),
+            public_key: key.to_bytes(),
+        };
+        assert_eq!(MeterBody::from_bytes(&m.to_bytes()).unwrap(), m);
+        assert!(MeterBody::from_bytes(
+            &MeterBody {
+                meter_id: String::new(),
+                ..m.clone()
+            }
+            .to_bytes()
+        )
+        .is_err());
+        let r = MeterReadingBody {
+            meter_id: None,
+            participant_id: "bob".into(),
+            payload: vec![1, 2],
+            signature: [0; 64],
+        };
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.starts_with(r#"{"participant_id":"bob","payload":"0102","signature":"#));
+        assert_eq!(MeterReadingBody::from_bytes(text.as_bytes()).unwrap(), r);
+        let d = DeliverySettlementBody {
+            delivery: serde_json::json!({"positions": [{"node": "B", "account": "bob"}]}),
+            interval_start: 300,
+            postings: vec![Posting {
+                account: "bob".into(),
+                amount: Amount::from_minor(-5),
+                memo: None,
+            }],
+            readings: 1,
+            readings_digest: readings_digest([3]),
+            rules: serde_json::json!({"b": "1", "a": "0.5"}),
+        };
+        let bytes = d.to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        // Free-form parts are re-serialised with sorted keys.
+        assert!(text.starts_with(
+            r#"{"delivery":{"positions":[{"account":"bob","node":"B"}]},"interval_start":300,"#
+        ));
+        assert!(text.ends_with(r#""rules":{"a":"0.5","b":"1"}}"#));
+        assert_eq!(DeliverySettlementBody::from_bytes(&bytes).unwrap(), d);
+        assert_eq!(d.total(), Some(Amount::from_minor(-5)));
+        // The digest covers the seqs in order, under its own domain.
+        assert_ne!(readings_digest([1, 2]), readings_digest([2, 1]));
+        assert_ne!(readings_digest([1, 2]), signed_book_digest([1, 2]));
     }
 
     #[test]

@@ -52,11 +52,19 @@ pub enum EntryKind {
     /// An interval's book frozen at its gate, before clearing (body:
     /// [`crate::GateClosedBody`]).
     GateClosed,
+    /// A meter the operator registers for a participant (body: [`crate::MeterBody`]).
+    Meter,
+    /// A metered reading exactly as signed by the participant or its meter (body:
+    /// [`crate::MeterReadingBody`]).
+    MeterReading,
+    /// An interval's metered delivery settled against its clearing (body:
+    /// [`crate::DeliverySettlementBody`]).
+    DeliverySettlement,
 }
 
 impl EntryKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EntryKind; 11] = [
+    pub const ALL: [EntryKind; 14] = [
         EntryKind::Participant,
         EntryKind::Network,
         EntryKind::Order,
@@ -68,6 +76,9 @@ impl EntryKind {
         EntryKind::Note,
         EntryKind::MarketEvent,
         EntryKind::GateClosed,
+        EntryKind::Meter,
+        EntryKind::MeterReading,
+        EntryKind::DeliverySettlement,
     ];
 
     /// The stored (and hashed) name of the kind.
@@ -84,6 +95,9 @@ impl EntryKind {
             EntryKind::Note => "note",
             EntryKind::MarketEvent => "market_event",
             EntryKind::GateClosed => "gate_closed",
+            EntryKind::Meter => "meter",
+            EntryKind::MeterReading => "meter_reading",
+            EntryKind::DeliverySettlement => "delivery_settlement",
         }
     }
 }

@@ -347,6 +347,34 @@ fn validate_batch(entries: &[NewEntry]) -> Result<Vec<Extracted>> {
                     x.postings.push((p.account, p.amount, s.interval_start));
                 }
             }
+            KnownBody::Delivery(d) => {
+                if e.interval_start != Some(d.interval_start) {
+                    return Err(LedgerError::IntervalMismatch {
+                        index,
+                        body: d.interval_start,
+                        entry: e.interval_start,
+                    });
+                }
+                let sum = sums.entry(d.interval_start).or_insert(Amount::ZERO);
+                for p in d.postings {
+                    *sum = sum.checked_add(p.amount).ok_or(LedgerError::NotZeroSum {
+                        interval_start: d.interval_start,
+                        sum: None,
+                    })?;
+                    x.postings.push((p.account, p.amount, d.interval_start));
+                }
+            }
+            KnownBody::Reading(_) => {
+                if e.interval_start.is_none() {
+                    return Err(LedgerError::Body {
+                        index,
+                        source: crate::body::BodyError::Invalid {
+                            kind: e.kind,
+                            reason: "a meter_reading entry needs its interval_start".into(),
+                        },
+                    });
+                }
+            }
             KnownBody::Correction(c) => x.corrects = Some(c.corrects),
             KnownBody::Gate(g) => {
                 if e.interval_start != Some(g.interval_start) {
@@ -357,7 +385,10 @@ fn validate_batch(entries: &[NewEntry]) -> Result<Vec<Extracted>> {
                     });
                 }
             }
-            KnownBody::Participant(_) | KnownBody::Signed(_) | KnownBody::Opaque => {}
+            KnownBody::Participant(_)
+            | KnownBody::Signed(_)
+            | KnownBody::Meter(_)
+            | KnownBody::Opaque => {}
         }
         out.push(x);
     }

@@ -56,7 +56,8 @@ pub mod merkle;
 mod store;
 
 pub use body::{
-    signed_book_digest, Amount, BookSource, CorrectionBody, GateClosedBody, ParticipantBody,
+    readings_digest, signed_book_digest, Amount, BookSource, CorrectionBody,
+    DeliverySettlementBody, GateClosedBody, MeterBody, MeterReadingBody, ParticipantBody,
     ParticipantStatus, Posting, SettlementBody, SignedMessageBody, AMOUNT_SCALE,
 };
 pub use checkpoint::Checkpoint;

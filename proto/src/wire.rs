@@ -1,6 +1,6 @@
 //! What both ends of the wire must agree on, written once: the participant and order id
-//! formats, the decimal-string grammar, which RPC carries which admin command, and the
-//! spellings of roles and flexibility directions. The server validates with these; the SDKs
+//! formats, the decimal-string grammar, the meter reading grammar, which RPC carries which
+//! admin command, and the spellings of roles and flexibility directions. The server validates with these; the SDKs
 //! build with them.
 
 use std::fmt;
@@ -231,7 +231,112 @@ pub fn admin_rpc_name(command: &Command) -> &'static str {
         Command::Status(_) => "Status",
         Command::ListParticipants(_) => "ListParticipants",
         Command::ListIntervals(_) => "ListIntervals",
+        Command::RegisterMeter(_) => "RegisterMeter",
     }
+}
+
+/// Largest serialized `MeterReading`, bytes: ids, two decimals and a nonce fit in 256; four
+/// times that leaves room without letting a client make the ledger store kilobytes per reading.
+pub const METER_READING_BYTES_MAX: usize = 1024;
+/// Readings in one `SubmitMeterReadings` call: a gateway batching a feeder's meters for one
+/// interval sends a few hundred; each is one ledger entry of the same append.
+pub const METER_READINGS_PER_CALL_MAX: usize = 1024;
+/// Fraction digits of a reading's kWh: the engine's quantity scale.
+pub const METER_KWH_SCALE: u32 = 6;
+
+/// A meter reading field that breaks the wire grammar: the field and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// The field, e.g. `import_kwh`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn field(field: &'static str, reason: impl fmt::Display) -> FieldError {
+    FieldError {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// A meter reading whose every field follows the wire grammar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedReading {
+    /// The measured participant.
+    pub participant: ParticipantId,
+    /// The interval measured.
+    pub interval_start: i64,
+    /// The node measured at (checked against the network by the caller).
+    pub node: String,
+    /// kWh drawn from the network, `0 ..= kwh_max`.
+    pub import_kwh: Decimal,
+    /// kWh fed into the network, `0 ..= kwh_max`.
+    pub export_kwh: Decimal,
+    /// The signer's nonce, `>= 1`.
+    pub nonce: u64,
+    /// The meter that signed it; `None`: the participant.
+    pub meter_id: Option<ParticipantId>,
+}
+
+/// The grammar of a `MeterReading`, field by field in declaration order: `participant_id`
+/// and `meter_id` are ids ([`ParticipantId`]'s characters and length); `interval_start` is
+/// aligned to `interval_s`; `node` is not empty; `import_kwh` and `export_kwh` are wire
+/// decimals with at most [`METER_KWH_SCALE`] places, not negative and at most `kwh_max` (the
+/// engine's `delivery::METER_KWH_MAX`); `nonce` is at least 1. The server and the audit check
+/// readings with this one function.
+pub fn check_meter_reading(
+    r: &pb::MeterReading,
+    interval_s: i64,
+    kwh_max: Decimal,
+) -> Result<CheckedReading, FieldError> {
+    let participant =
+        ParticipantId::parse(&r.participant_id).map_err(|e| field("participant_id", e))?;
+    if interval_s <= 0 || r.interval_start.rem_euclid(interval_s) != 0 {
+        return Err(field(
+            "interval_start",
+            format!(
+                "{} is not aligned to the {interval_s} s interval",
+                r.interval_start
+            ),
+        ));
+    }
+    if r.node.is_empty() {
+        return Err(field("node", "is empty"));
+    }
+    let kwh = |name: &'static str, text: &str| -> Result<Decimal, FieldError> {
+        let d = parse_decimal(text, METER_KWH_SCALE).map_err(|e| field(name, e))?;
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(field(name, format!("{text} is negative")));
+        }
+        if d > kwh_max {
+            return Err(field(
+                name,
+                format!("{text} exceeds the largest reading of {kwh_max} kWh"),
+            ));
+        }
+        Ok(d)
+    };
+    let import_kwh = kwh("import_kwh", &r.import_kwh)?;
+    let export_kwh = kwh("export_kwh", &r.export_kwh)?;
+    if r.nonce == 0 {
+        return Err(field("nonce", "must be at least 1"));
+    }
+    let meter_id = r
+        .meter_id
+        .as_deref()
+        .map(|m| ParticipantId::parse(m).map_err(|e| field("meter_id", e)))
+        .transpose()?;
+    Ok(CheckedReading {
+        participant,
+        interval_start: r.interval_start,
+        node: r.node.clone(),
+        import_kwh,
+        export_kwh,
+        nonce: r.nonce,
+        meter_id,
+    })
 }
 
 /// A role or direction spelled in a way the wire does not know.
@@ -369,6 +474,43 @@ mod tests {
         ));
         assert_eq!(format_decimal(Decimal::new(-0, 3)), "0");
         assert_eq!(format_decimal(Decimal::new(12_500, 3)), "12.5");
+    }
+
+    #[test]
+    fn meter_readings_follow_the_grammar() {
+        let ok = pb::MeterReading {
+            participant_id: "p1".into(),
+            interval_start: 600,
+            node: "n1".into(),
+            import_kwh: "1.25".into(),
+            export_kwh: "0".into(),
+            nonce: 7,
+            meter_id: Some("m-1".into()),
+        };
+        let max = Decimal::from(1000);
+        let c = check_meter_reading(&ok, 300, max).unwrap();
+        assert_eq!(c.import_kwh, Decimal::new(125, 2));
+        assert_eq!(c.meter_id.unwrap().as_str(), "m-1");
+        let bad = |f: fn(&mut pb::MeterReading), field: &str| {
+            let mut r = ok.clone();
+            f(&mut r);
+            let e = check_meter_reading(&r, 300, max).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        };
+        bad(|r| r.participant_id = "a b".into(), "participant_id");
+        bad(|r| r.interval_start = 601, "interval_start");
+        bad(|r| r.node.clear(), "node");
+        bad(|r| r.import_kwh = "-1".into(), "import_kwh");
+        bad(|r| r.import_kwh = "1e3".into(), "import_kwh");
+        bad(|r| r.export_kwh = "1000.000001".into(), "export_kwh");
+        bad(|r| r.export_kwh = "0.0000001".into(), "export_kwh");
+        bad(|r| r.export_kwh = String::new(), "export_kwh");
+        bad(|r| r.nonce = 0, "nonce");
+        bad(|r| r.meter_id = Some(String::new()), "meter_id");
+        // "-0" is zero, not negative.
+        let mut z = ok.clone();
+        z.export_kwh = "-0".into();
+        assert!(check_meter_reading(&z, 300, max).is_ok());
     }
 
     #[test]

@@ -247,8 +247,76 @@ pub fn text(report: &Report) -> String {
     if t.not_cleared > 0 {
         let _ = writeln!(out, "{} interval(s) not cleared", t.not_cleared);
     }
+    delivery_text(report, &time, &mut out);
     out
 }
+
+/// The metered delivery of each interval whose delivery settlement is recorded: readings
+/// received and missing, imbalance volume and what the participants paid for it, flexibility
+/// delivered against procured and the shortfall penalties. Nothing when no interval has one
+/// (a ledger from before metering, or the one-shot `baton clear`).
+fn delivery_text(report: &Report, time: &dyn Fn(i64) -> String, out: &mut String) {
+    let rows: Vec<[String; 6]> = report
+        .intervals
+        .iter()
+        .filter_map(|s| {
+            let d = s.delivery.as_ref()?;
+            Some([
+                time(s.interval_start),
+                format!("{}/{}", d.readings, d.missing),
+                show_fixed(d.imbalance_kwh, TEXT_QUANTITY_DP),
+                show_fixed(d.imbalance_cost, MONEY_DP),
+                format!(
+                    "{}/{}",
+                    show_fixed(d.flex_delivered_kwh, TEXT_QUANTITY_DP),
+                    show_fixed(d.flex_procured_kwh, TEXT_QUANTITY_DP)
+                ),
+                show_fixed(d.flex_penalties, MONEY_DP),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let header: [String; 6] = [
+        "delivery".into(),
+        "read/miss".into(),
+        "imbalance kWh".into(),
+        "imbalance cost".into(),
+        "flex kWh dlv/proc".into(),
+        "penalties".into(),
+    ];
+    let mut w = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let render = |cells: &[String; 6]| {
+        let mut line = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = " ".repeat(w[i] - c.chars().count());
+            if i == 0 {
+                line.push_str(c);
+                line.push_str(&pad);
+            } else {
+                line.push_str(&pad);
+                line.push_str(c);
+            }
+        }
+        fit(line.trim_end(), TEXT_WIDTH_MAX)
+    };
+    let _ = writeln!(out, "{}", render(&header));
+    for r in &rows {
+        let _ = writeln!(out, "{}", render(r));
+    }
+}
+
+/// Decimal places of money in the text table.
+const MONEY_DP: u32 = 2;
 
 /// `N interval(s), DATE HH:MM to HH:MM UTC (M min); ledger E entries`.
 pub(crate) fn title_line(report: &Report) -> String {

@@ -450,6 +450,60 @@ impl AdminService for AdminApi {
         Ok(ack(receipt.last_seq, "registered"))
     }
 
+    async fn register_meter(
+        &self,
+        request: Request<pb::SignedAdminRequest>,
+    ) -> Result<Response<pb::AdminResponse>, Status> {
+        let a = self.authorize(request.get_ref(), "RegisterMeter").await?;
+        let Command::RegisterMeter(r) = a.command else {
+            unreachable!("authorize checked the command")
+        };
+        check_participant_id(&r.participant_id)?;
+        baton_proto::wire::ParticipantId::parse(&r.meter_id)
+            .map_err(|e| invalid("meter_id", e.to_string()))?;
+        let key = parse_key("public_key_hex", &r.public_key_hex)?;
+        {
+            let st = self.shared.lock();
+            if !st.participants.contains_key(&r.participant_id) {
+                return Err(
+                    ServiceError::NotFound(format!("participant {:?}", r.participant_id)).into(),
+                );
+            }
+            if st
+                .metering
+                .meters
+                .contains_key(&(r.participant_id.clone(), r.meter_id.clone()))
+            {
+                return Err(ServiceError::MeterRegistered {
+                    participant: r.participant_id,
+                    meter: r.meter_id,
+                }
+                .into());
+            }
+        }
+        let mut details = serde_json::Map::new();
+        details.insert(ADMIN_NONCE_DETAIL.into(), a.nonce.into());
+        let body = baton_ledger::MeterBody {
+            details: Some(serde_json::Value::Object(details)),
+            meter_id: r.meter_id.clone(),
+            participant_id: r.participant_id.clone(),
+            public_key: key.to_bytes(),
+        };
+        let receipt = self
+            .shared
+            .ledger
+            .append(vec![NewEntry::meter(&body)])
+            .await
+            .map_err(ServiceError::from)?;
+        self.shared
+            .lock()
+            .metering
+            .meters
+            .insert((r.participant_id.clone(), r.meter_id.clone()), key);
+        tracing::info!(participant = %r.participant_id, meter = %r.meter_id, seq = receipt.last_seq, "meter registered");
+        Ok(ack(receipt.last_seq, "meter registered"))
+    }
+
     async fn suspend_participant(
         &self,
         request: Request<pb::SignedAdminRequest>,
@@ -756,7 +810,12 @@ impl AdminService for AdminApi {
             .collect();
         let mut intervals = Vec::with_capacity(metas.len());
         for (start, meta) in metas {
-            intervals.push(summarize(&self.shared, start, meta).await?);
+            let mut summary = summarize(&self.shared, start, meta).await?;
+            let delivery = self.shared.index().deliveries.get(&start).copied();
+            if let Some(seq) = delivery {
+                summary.delivery = Some(summarize_delivery(&self.shared, start, seq).await?);
+            }
+            intervals.push(summary);
         }
         Ok(Response::new(pb::ListIntervalsResponse { intervals }))
     }
@@ -869,5 +928,34 @@ async fn summarize(
         flex_procured: flex_procured.normalize().to_string(),
         ledger_first_seq: meta.first_seq,
         ledger_last_seq: meta.last_seq,
+        delivery: None,
+    })
+}
+
+/// An interval's metered delivery from its `delivery_settlement` entry, by the audit's one
+/// reading of it (`baton_audit::summary::delivery_figures`).
+async fn summarize_delivery(
+    shared: &Shared,
+    start: i64,
+    seq: u64,
+) -> Result<pb::DeliverySummary, ServiceError> {
+    let corrupt = |what: String| ServiceError::Storage(format!("interval {start}: {what}"));
+    let e = shared
+        .ledger
+        .entry(seq)
+        .await?
+        .filter(|e| e.kind == EntryKind::DeliverySettlement)
+        .ok_or_else(|| corrupt(format!("no delivery_settlement entry at seq {seq}")))?;
+    let f = baton_audit::summary::delivery_figures(&e.body).map_err(corrupt)?;
+    let text = |d: Decimal| baton_proto::wire::format_decimal(d);
+    Ok(pb::DeliverySummary {
+        readings_received: f.readings as u32,
+        readings_missing: f.missing as u32,
+        imbalance_kwh: text(f.imbalance_kwh),
+        imbalance_cost: text(f.imbalance_cost),
+        flex_procured_kwh: text(f.flex_procured_kwh),
+        flex_delivered_kwh: text(f.flex_delivered_kwh),
+        flex_penalties: text(f.flex_penalties),
+        ledger_seq: seq,
     })
 }

@@ -58,6 +58,37 @@ pub enum ServiceError {
     /// Already registered.
     #[error("participant {0:?} is already registered")]
     AlreadyRegistered(String),
+    /// A meter reading names a meter not registered for its participant (so no key to verify
+    /// it with).
+    #[error("meter_id: {meter:?} is not a meter registered for participant {participant:?}")]
+    UnknownMeter {
+        /// The participant.
+        participant: String,
+        /// The meter named.
+        meter: String,
+    },
+    /// The meter id is already registered for the participant.
+    #[error("meter_id: {meter:?} is already registered for participant {participant:?}")]
+    MeterRegistered {
+        /// The participant.
+        participant: String,
+        /// The meter.
+        meter: String,
+    },
+    /// A second reading for one participant, node and interval.
+    #[error("a meter reading of participant {participant:?} at node {node:?} for interval {interval} is already recorded")]
+    DuplicateReading {
+        /// The participant.
+        participant: String,
+        /// The node.
+        node: String,
+        /// The interval.
+        interval: i64,
+    },
+    /// The interval does not accept readings now: not ended, not cleared, or past its
+    /// deadline (its delivery settled).
+    #[error("interval_start: {0}")]
+    ReadingWindow(String),
     /// The interval's gate has closed (or the interval is not yet open).
     #[error("interval_start: {0}")]
     GateClosed(String),
@@ -99,15 +130,21 @@ impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         use ServiceError as E;
         let code = match &e {
-            E::BadSignature(_) | E::UnknownParticipant(_) | E::BadOperatorSignature => {
-                Code::Unauthenticated
-            }
+            E::BadSignature(_)
+            | E::UnknownParticipant(_)
+            | E::BadOperatorSignature
+            | E::UnknownMeter { .. } => Code::Unauthenticated,
             E::Suspended(_) | E::MissingRole { .. } | E::WrongNode { .. } | E::NotYourOrder(_) => {
                 Code::PermissionDenied
             }
             E::InvalidField { .. } => Code::InvalidArgument,
-            E::ReplayedNonce { .. } | E::AlreadyRegistered(_) => Code::AlreadyExists,
-            E::GateClosed(_) | E::Paused | E::NoNetwork | E::NotOpen(_) => Code::FailedPrecondition,
+            E::ReplayedNonce { .. }
+            | E::AlreadyRegistered(_)
+            | E::MeterRegistered { .. }
+            | E::DuplicateReading { .. } => Code::AlreadyExists,
+            E::GateClosed(_) | E::Paused | E::NoNetwork | E::NotOpen(_) | E::ReadingWindow(_) => {
+                Code::FailedPrecondition
+            }
             E::Limit { .. } | E::Busy => Code::ResourceExhausted,
             E::NotFound(_) => Code::NotFound,
             E::Storage(_) => Code::Internal,

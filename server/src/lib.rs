@@ -38,6 +38,7 @@ mod audit;
 mod commit;
 mod connections;
 mod market;
+mod metering;
 mod recover;
 mod scheduler;
 mod state;
@@ -141,6 +142,17 @@ pub const ORDERS_PER_INTERVAL_LIVE_DEFAULT: usize = 250_000;
 /// Default: how far a signed request's timestamp may be from the server's wall clock, seconds.
 pub const REQUEST_TIMESTAMP_WINDOW_S_DEFAULT: i64 = 300;
 
+/// Default: seconds (market time) after an interval ends that its meter readings are
+/// accepted; then the scheduler settles its delivery. Fifteen minutes gives meters and their
+/// gateways three five-minute intervals to report, and keeps an interval's clearing in memory
+/// (for settling its delivery) no longer than that.
+pub const METER_DEADLINE_S_DEFAULT: i64 = 900;
+/// Longest reading deadline, seconds (a week): the clearings of every interval still open
+/// for readings stay in memory until their delivery is settled.
+pub const METER_DEADLINE_S_MAX: i64 = 7 * 86_400;
+/// The wire's limits on meter readings (`baton_proto::wire`).
+pub use baton_proto::wire::{METER_READINGS_PER_CALL_MAX, METER_READING_BYTES_MAX};
+
 /// Intake limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -190,6 +202,11 @@ pub struct ServerConfig {
     pub tls: Option<TlsIdentity>,
     /// Connections open at once (default `CONNECTIONS_MAX`).
     pub connections_max: usize,
+    /// Meter readings for an interval are accepted until this many seconds after it ends
+    /// (default `METER_DEADLINE_S_DEFAULT`); then its delivery is settled.
+    pub meter_deadline_s: i64,
+    /// How metered delivery is settled (imbalance spread, flexibility shortfall penalty).
+    pub delivery_rules: baton_engine::delivery::DeliveryRules,
     /// Test hook: make a server task panic. Leave at the default.
     #[doc(hidden)]
     pub faults: FaultInjection,
@@ -249,6 +266,8 @@ impl ServerConfig {
             limits: Limits::default(),
             tls: None,
             connections_max: CONNECTIONS_MAX,
+            meter_deadline_s: METER_DEADLINE_S_DEFAULT,
+            delivery_rules: baton_engine::delivery::DeliveryRules::default(),
             faults: FaultInjection::default(),
         }
     }
@@ -318,6 +337,15 @@ pub(crate) struct Shared {
     /// with this reason from then on.
     pub(crate) halted: OnceLock<String>,
     pub(crate) faults: FaultInjection,
+    /// Seconds after an interval ends that its readings are accepted.
+    pub(crate) meter_deadline_s: i64,
+    pub(crate) delivery_rules: baton_engine::delivery::DeliveryRules,
+    /// Serialises reading intake with delivery settlement: held from checking a batch of
+    /// readings to appending it, and from reading an interval's readings to appending its
+    /// delivery settlement, so no reading lands after the settlement that leaves it out.
+    pub(crate) metering: tokio::sync::Mutex<()>,
+    /// Cleared intervals whose delivery is not settled yet: their market and clearing.
+    pub(crate) awaiting_delivery: Mutex<BTreeMap<i64, Arc<metering::Cleared>>>,
 }
 
 impl Shared {
@@ -400,6 +428,11 @@ pub async fn run(
         ));
     }
     let interval_s = i64::from(config.interval_minutes) * 60;
+    if !(0..=METER_DEADLINE_S_MAX).contains(&config.meter_deadline_s) {
+        return Err(ServeError::Config(format!(
+            "meter_deadline_s must be 0 to {METER_DEADLINE_S_MAX}"
+        )));
+    }
     if !(0..=GATE_LEAD_S_MAX).contains(&config.gate_lead_s) {
         return Err(ServeError::Config(format!(
             "gate_lead_s must be 0 to {GATE_LEAD_S_MAX}"
@@ -462,6 +495,10 @@ pub async fn run(
         index: Mutex::new(recovered.index),
         halted: OnceLock::new(),
         faults: config.faults.clone(),
+        meter_deadline_s: config.meter_deadline_s,
+        delivery_rules: config.delivery_rules.clone(),
+        metering: tokio::sync::Mutex::new(()),
+        awaiting_delivery: Mutex::new(BTreeMap::new()),
     });
     if let Some(text) = &config.scenario {
         admin::load_scenario_at_start(&shared, text)

@@ -485,6 +485,15 @@ impl MarketService for MarketApi {
             paused: st.paused,
             network_version,
             request_timestamp_window_s: sh.limits.request_timestamp_window_s,
+            meter_deadline_s: sh.meter_deadline_s,
         }))
+    }
+
+    async fn submit_meter_readings(
+        &self,
+        request: Request<pb::SubmitMeterReadingsRequest>,
+    ) -> Result<Response<pb::SubmitMeterReadingsResponse>, Status> {
+        let r = super::metering::submit(&self.shared, request.into_inner()).await?;
+        Ok(Response::new(r))
     }
 }

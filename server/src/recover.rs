@@ -34,6 +34,8 @@ pub(crate) struct LedgerIndex {
     pub(crate) network_seq: u64,
     /// Every recorded (cleared) interval.
     pub(crate) intervals: BTreeMap<i64, IntervalMeta>,
+    /// Intervals whose delivery is settled → their `delivery_settlement` entry.
+    pub(crate) deliveries: BTreeMap<i64, u64>,
 }
 
 /// Where a cleared interval's entries are, and how long its clearing took.
@@ -121,6 +123,16 @@ fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, 
             }
             None
         }
+        EntryKind::DeliverySettlement => {
+            if let Some(s) = interval {
+                out.index.deliveries.insert(s, seq);
+            }
+            None
+        }
+        EntryKind::Meter => baton_ledger::MeterBody::from_bytes(body)
+            .ok()
+            .and_then(|b| b.details)
+            .and_then(|d| d.get(ADMIN_NONCE_DETAIL).and_then(|n| n.as_u64())),
         _ => None,
     };
     out.admin_nonce = out.admin_nonce.max(nonce.unwrap_or(0));
@@ -210,11 +222,61 @@ fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>,
                 st.freeze(s);
             }
         }
+        EntryKind::Settlement => {
+            if let Some(s) = interval {
+                st.metering.cleared(s);
+            }
+        }
+        EntryKind::DeliverySettlement => {
+            if let Some(s) = interval {
+                st.metering.settled(s);
+            }
+        }
+        EntryKind::Meter => match baton_ledger::MeterBody::from_bytes(body) {
+            Ok(m) => match VerifyingKey::from_bytes(&m.public_key) {
+                Ok(key) => {
+                    st.metering
+                        .meters
+                        .insert((m.participant_id, m.meter_id), key);
+                }
+                Err(_) => tracing::warn!(seq, "meter entry with an unreadable key"),
+            },
+            Err(e) => tracing::warn!(seq, error = %e, "meter entry unreadable"),
+        },
+        EntryKind::MeterReading => {
+            let interval_s = st
+                .network
+                .as_ref()
+                .map_or(0, |n| i64::from(n.interval_minutes) * 60);
+            let Some(r) = baton_ledger::MeterReadingBody::from_bytes(body)
+                .ok()
+                .and_then(|b| baton_audit::delivery::decode_reading(&b.payload, interval_s).ok())
+            else {
+                tracing::warn!(seq, "meter_reading entry unreadable");
+                return;
+            };
+            let signer = (
+                r.participant.as_str().to_string(),
+                r.meter_id.as_ref().map(|m| m.to_string()),
+            );
+            st.metering.insert(
+                r.interval_start,
+                seq,
+                signer,
+                r.nonce,
+                baton_audit::delivery::engine_reading(&r),
+            );
+        }
         EntryKind::MarketEvent => {
             let Ok(ev) = serde_json::from_slice::<MarketEvent>(body) else {
                 return;
             };
             match ev.event.as_str() {
+                super::metering::DELIVERY_NOT_SETTLED => {
+                    if let Some(s) = interval {
+                        st.metering.settled(s);
+                    }
+                }
                 "pause" => st.paused = true,
                 "resume" => st.paused = false,
                 "interval_not_cleared" => {

@@ -100,6 +100,10 @@ pub(crate) async fn run(
             tracing::error!(interval = s, error = %e, "interval not cleared");
         }
     }
+    // Cleared intervals whose delivery the ledger does not settle yet: their clearings, rebuilt
+    // from the ledger, settle it once their deadline passes (exactly once: the entry marks it).
+    super::metering::rebuild_awaiting(&shared).await;
+    super::metering::settle_due(&shared).await;
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -128,6 +132,7 @@ pub(crate) async fn run(
                 tracing::error!(interval = s, error = %e, "interval not cleared");
             }
         }
+        super::metering::settle_due(&shared).await;
     }
 }
 
@@ -200,7 +205,7 @@ pub(crate) async fn clear_interval(
     let built = tokio::task::spawn_blocking(move || build(s, spec))
         .await
         .map_err(|e| ServiceError::Storage(format!("clearing task failed: {e}")))?;
-    let (entries, mut cleared) = match built {
+    let (entries, mut cleared, held) = match built {
         Ok(x) => x,
         Err(reason) => {
             // A book the engine refuses (a bug in intake) is recorded as not cleared so the
@@ -240,10 +245,16 @@ pub(crate) async fn clear_interval(
         },
     );
     let cleared = Arc::new(cleared);
+    shared
+        .awaiting_delivery
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(s, Arc::new(held));
     {
         let mut st = shared.lock();
         st.cleared.insert(s);
         st.gated.remove(&s);
+        st.metering.cleared(s);
         for fills in cleared.fills.values() {
             for f in fills {
                 if let Some(o) = st.orders.get_mut(&f.order_id) {
@@ -274,7 +285,10 @@ pub(crate) async fn clear_interval(
 
 /// Validates, clears and settles one interval's market; the ledger entries and the published
 /// result. Runs on a blocking thread: HiGHS may take seconds on a large book.
-fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), String> {
+fn build(
+    s: i64,
+    spec: MarketSpec,
+) -> Result<(Vec<NewEntry>, ClearedInterval, super::metering::Cleared), String> {
     let market = Market::new(&spec).map_err(|e| e.to_string())?;
     let (clearing, _stats) = clear(&market).map_err(|e| e.to_string())?;
     let settlement = settle(&market, &clearing);
@@ -399,5 +413,9 @@ fn build(s: i64, spec: MarketSpec) -> Result<(Vec<NewEntry>, ClearedInterval), S
             flex_price: price,
         });
     }
-    Ok((entries, ClearedInterval { result, fills }))
+    Ok((
+        entries,
+        ClearedInterval { result, fills },
+        super::metering::Cleared { market, clearing },
+    ))
 }

@@ -294,6 +294,8 @@ pub(crate) struct MarketState {
     /// Intervals whose `gate_closed` entry is in the ledger but which are not recorded yet
     /// (a clearing in progress, or interrupted by a restart), with the gate's seq.
     pub(crate) gated: BTreeMap<i64, u64>,
+    /// Meters, reading nonces and the readings of intervals awaiting delivery settlement.
+    pub(crate) metering: super::metering::Metering,
 }
 
 /// Parses a wire decimal by the one grammar (`baton_proto::wire::parse_decimal`), naming

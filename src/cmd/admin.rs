@@ -65,6 +65,25 @@ enum AdminCommand {
         #[command(subcommand)]
         command: IntervalsCommand,
     },
+    /// Register a meter whose key may sign a participant's meter readings.
+    RegisterMeter {
+        /// The participant whose connection point the meter measures.
+        #[arg(long)]
+        participant: String,
+        /// The meter's id (letters, digits, '_', '.', '-'), unique per participant.
+        #[arg(long)]
+        meter_id: String,
+        /// The meter's ed25519 public key, 64 hex digits.
+        #[arg(
+            long,
+            conflicts_with = "public_key_file",
+            required_unless_present = "public_key_file"
+        )]
+        public_key: Option<String>,
+        /// A file holding the meter's public key (e.g. METER.pub).
+        #[arg(long)]
+        public_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -315,6 +334,34 @@ async fn run_async(a: AdminArgs) -> Result<(Output, bool)> {
                 )
             }
         },
+        AdminCommand::RegisterMeter {
+            participant,
+            meter_id,
+            public_key,
+            public_key_file,
+        } => {
+            let public_key_hex = match (public_key, public_key_file) {
+                (Some(k), _) => {
+                    baton_client::key::parse_public_key_hex(&k).context("--public-key")?
+                }
+                (None, Some(f)) => {
+                    baton_client::key::read_public_key_hex(&f).context("--public-key-file")?
+                }
+                (None, None) => bail!("--public-key or --public-key-file is required"),
+            };
+            let r = admin
+                .register_meter(&participant, &meter_id, &public_key_hex)
+                .await
+                .map_err(refused)?;
+            Output::line(
+                format!(
+                    "registered meter {meter_id} for {participant} (ledger seq {})",
+                    r.ledger_seq
+                ),
+                json!({"participant_id": participant, "meter_id": meter_id,
+                       "ledger_seq": r.ledger_seq}),
+            )
+        }
         AdminCommand::Network { command } => match command {
             NetworkCommand::Load { file } => {
                 let text = std::fs::read_to_string(&file)
@@ -702,7 +749,7 @@ fn intervals_output(all: &[pb::IntervalSummary]) -> Output {
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|i| {
-            vec![
+            let mut row = vec![
                 utc(i.interval_start),
                 i.orders.to_string(),
                 i.bought.clone(),
@@ -719,7 +766,18 @@ fn intervals_output(all: &[pb::IntervalSummary]) -> Output {
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
                 format!("{}..{}", i.ledger_first_seq, i.ledger_last_seq),
-            ]
+            ];
+            match &i.delivery {
+                Some(d) => row.extend([
+                    format!("{}/{}", d.readings_received, d.readings_missing),
+                    d.imbalance_kwh.clone(),
+                    d.imbalance_cost.clone(),
+                    format!("{}/{}", d.flex_delivered_kwh, d.flex_procured_kwh),
+                    d.flex_penalties.clone(),
+                ]),
+                None => row.extend(std::iter::repeat_n("-".to_string(), 5)),
+            }
+            row
         })
         .collect();
     let json = Value::Array(
@@ -731,7 +789,16 @@ fn intervals_output(all: &[pb::IntervalSummary]) -> Output {
                        "congested_lines": i.congested_lines,
                        "flex_procured_kw": i.flex_procured,
                        "ledger_first_seq": i.ledger_first_seq,
-                       "ledger_last_seq": i.ledger_last_seq})
+                       "ledger_last_seq": i.ledger_last_seq,
+                       "delivery": i.delivery.as_ref().map(|d| json!({
+                           "readings_received": d.readings_received,
+                           "readings_missing": d.readings_missing,
+                           "imbalance_kwh": d.imbalance_kwh,
+                           "imbalance_cost": d.imbalance_cost,
+                           "flex_procured_kwh": d.flex_procured_kwh,
+                           "flex_delivered_kwh": d.flex_delivered_kwh,
+                           "flex_penalties": d.flex_penalties,
+                           "ledger_seq": d.ledger_seq}))})
             })
             .collect(),
     );
@@ -748,6 +815,11 @@ fn intervals_output(all: &[pb::IntervalSummary]) -> Output {
                 "FLEX_KW",
                 "CLEAR_MS",
                 "LEDGER",
+                "READ/MISS",
+                "IMB_KWH",
+                "IMB_COST",
+                "FLEX_DLV",
+                "PENALTY",
             ],
             &rows,
         ),

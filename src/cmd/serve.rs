@@ -37,6 +37,10 @@ pub(crate) struct ServeArgs {
     /// Intervals ahead that accept orders (default 12).
     #[arg(long)]
     intervals_ahead: Option<u32>,
+    /// Meter readings for an interval are accepted until this many seconds after it ends;
+    /// then its delivery is settled (default 900).
+    #[arg(long)]
+    meter_deadline_s: Option<i64>,
     /// Run market time this many times faster than real time (demos, tests).
     #[arg(long)]
     time_scale: Option<f64>,
@@ -85,6 +89,7 @@ struct FileConfig {
     interval_minutes: Option<u32>,
     gate_lead_seconds: Option<i64>,
     intervals_ahead: Option<u32>,
+    meter_deadline_s: Option<i64>,
     time_scale: Option<f64>,
     price_floor: Option<Decimal>,
     price_cap: Option<Decimal>,
@@ -141,6 +146,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
     }
     if let Some(g) = a.gate_lead_seconds.or(f.gate_lead_seconds) {
         config.gate_lead_s = g;
+    }
+    if let Some(s) = a.meter_deadline_s.or(f.meter_deadline_s) {
+        config.meter_deadline_s = s;
     }
     if let Some(n) = a.intervals_ahead.or(f.intervals_ahead) {
         config.intervals_ahead = n;

@@ -14,6 +14,7 @@ mod client;
 mod demo;
 mod feeder;
 mod harness;
+mod metering;
 mod python_client;
 mod receipts;
 mod report;

@@ -186,6 +186,24 @@ impl AdminClient {
         .await
     }
 
+    /// Registers a meter whose key (64 hex digits) may sign `participant`'s meter readings.
+    pub async fn register_meter(
+        &self,
+        participant: &str,
+        meter_id: &str,
+        public_key_hex: &str,
+    ) -> Result<pb::AdminResponse, ClientError> {
+        let cmd = Command::RegisterMeter(pb::RegisterMeter {
+            participant_id: participant.to_string(),
+            meter_id: meter_id.to_string(),
+            public_key_hex: public_key_hex.to_string(),
+        });
+        self.send(cmd, REQUEST_TIMEOUT_MS, |mut c, r| async move {
+            c.register_meter(r).await
+        })
+        .await
+    }
+
     /// Loads a native TOML scenario's network (its orders and participants are ignored).
     pub async fn load_scenario(&self, toml: &str) -> Result<pb::AdminResponse, ClientError> {
         let cmd = Command::LoadScenario(pb::LoadScenario {

@@ -94,8 +94,9 @@ pub use audit::AuditClient;
 pub use error::ClientError;
 pub use key::{AdminKey, ParticipantKey};
 pub use market::{
-    order_id, sign_order, Ack, BlockSpec, CancelAck, ClientStats, MarketClient, NewOrder,
-    PublicClient, LOOKUP_ATTEMPTS_MAX, NONCE_RESYNCS_MAX, SUBMIT_STREAM_ORDERS_MAX,
+    order_id, sign_meter_reading, sign_order, Ack, BlockSpec, CancelAck, ClientStats, MarketClient,
+    NewOrder, NewReading, PublicClient, LOOKUP_ATTEMPTS_MAX, NONCE_RESYNCS_MAX,
+    SUBMIT_STREAM_ORDERS_MAX,
 };
 pub use nonce::NonceCounter;
 pub use receipt::{read_receipt, verify_receipt, write_receipt, Receipt, ReceiptProof, Verdict};

@@ -209,6 +209,53 @@ pub fn sign_order(key: &ParticipantKey, order: &pb::Order) -> pb::SignedOrder {
     }
 }
 
+/// A meter reading before it is given a nonce and signed: what the participant's connection
+/// point measured over one interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewReading {
+    /// The interval measured (unix seconds, aligned; it must have ended and been cleared).
+    pub interval_start: i64,
+    /// The participant's registered node.
+    pub node: String,
+    /// kWh drawn from the network, >= 0, at most 6 decimals.
+    pub import_kwh: Decimal,
+    /// kWh fed into the network, >= 0, at most 6 decimals.
+    pub export_kwh: Decimal,
+}
+
+impl NewReading {
+    /// The wire message, for `participant` with `nonce` (signed by a meter if `meter_id`).
+    pub fn to_proto(
+        &self,
+        participant: &str,
+        nonce: u64,
+        meter_id: Option<&str>,
+    ) -> pb::MeterReading {
+        pb::MeterReading {
+            participant_id: participant.to_string(),
+            interval_start: self.interval_start,
+            node: self.node.clone(),
+            import_kwh: wire(self.import_kwh),
+            export_kwh: wire(self.export_kwh),
+            nonce,
+            meter_id: meter_id.map(str::to_string),
+        }
+    }
+}
+
+/// Serializes `reading` and signs exactly those bytes (with the participant's key, or the key
+/// of the meter `reading.meter_id` names).
+pub fn sign_meter_reading(
+    key: &ParticipantKey,
+    reading: &pb::MeterReading,
+) -> pb::SignedMeterReading {
+    let bytes = reading.encode_to_vec();
+    pb::SignedMeterReading {
+        signature: key.sign(&bytes).to_vec(),
+        reading: bytes,
+    }
+}
+
 /// The unsigned part of `MarketService`: the market's clock and limits, interval results, and
 /// delivery of orders signed elsewhere.
 #[derive(Clone, Debug)]
@@ -321,6 +368,61 @@ impl PublicClient {
                     Err(ClientError::invalid(
                         "outcomes",
                         format!("the server sent no outcome for order {i}"),
+                    ))
+                })
+            })
+            .collect())
+    }
+}
+
+impl PublicClient {
+    /// Submits readings signed elsewhere (by participants or their meters) in one
+    /// `SubmitMeterReadings` call, once: a resend of a reading that landed is refused
+    /// `ALREADY_EXISTS` (its nonce). One result per reading, in order: its ledger seq, or the
+    /// server's refusal as [`ClientError::Status`].
+    pub async fn submit_signed_readings(
+        &self,
+        readings: Vec<pb::SignedMeterReading>,
+    ) -> Result<Vec<Result<u64, ClientError>>, ClientError> {
+        let n = readings.len();
+        if n > baton_proto::wire::METER_READINGS_PER_CALL_MAX {
+            return Err(ClientError::invalid(
+                "readings",
+                format!(
+                    "{n} readings in one call (at most {})",
+                    baton_proto::wire::METER_READINGS_PER_CALL_MAX
+                ),
+            ));
+        }
+        let mut c = self.inner.clone();
+        let r = call(
+            "SubmitMeterReadings",
+            REQUEST_TIMEOUT_MS,
+            c.submit_meter_readings(pb::SubmitMeterReadingsRequest { readings }),
+        )
+        .await?;
+        let mut out: Vec<Option<Result<u64, ClientError>>> = (0..n).map(|_| None).collect();
+        for o in r.outcomes {
+            let Some(slot) = out.get_mut(o.index as usize) else {
+                continue;
+            };
+            *slot = Some(match o.outcome {
+                Some(pb::meter_reading_outcome::Outcome::LedgerSeq(seq)) => Ok(seq),
+                Some(pb::meter_reading_outcome::Outcome::Refused(f)) => Err(ClientError::Status {
+                    code: Code::from_i32(f.code),
+                    message: f.message,
+                }),
+                None => Err(ClientError::invalid("outcome", "is empty")),
+            });
+        }
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                o.unwrap_or_else(|| {
+                    Err(ClientError::invalid(
+                        "outcomes",
+                        format!("the server sent no outcome for reading {i}"),
                     ))
                 })
             })
@@ -689,6 +791,23 @@ impl MarketClient {
     /// See [`PublicClient::watch_results`].
     pub async fn watch_results(&self) -> Result<ResultStream<pb::IntervalResult>, ClientError> {
         self.public.watch_results().await
+    }
+
+    /// Signs each reading with the participant's key (nonces from the participant's one
+    /// sequence, [`MarketClient::nonces`]) and submits them in one call
+    /// ([`PublicClient::submit_signed_readings`]): per reading its ledger seq or the refusal.
+    pub async fn submit_meter_readings(
+        &self,
+        readings: &[NewReading],
+    ) -> Result<Vec<Result<u64, ClientError>>, ClientError> {
+        let signed = readings
+            .iter()
+            .map(|r| {
+                let msg = r.to_proto(&self.participant, self.nonces.next(), None);
+                sign_meter_reading(&self.key, &msg)
+            })
+            .collect();
+        self.public.submit_signed_readings(signed).await
     }
 
     /// See [`PublicClient::submit_signed`]: orders signed by any participants, one stream,

@@ -213,6 +213,61 @@ async fn refuses_bad_batches(db: &TestDb) {
 }
 dual!(refuses_bad_batches);
 
+/// Delivery settlements are zero-sum per interval like settlements, and their postings are
+/// indexed and counted in the balances; a reading needs its interval.
+async fn delivery_postings_are_zero_sum_and_indexed(db: &TestDb) {
+    use baton_ledger::{readings_digest, DeliverySettlementBody, MeterReadingBody};
+    let l = common::writer(&db.url).await;
+    let delivery = |cents: [i64; 2]| {
+        NewEntry::delivery_settlement(&DeliverySettlementBody {
+            delivery: serde_json::json!({"interval_minutes": 5, "positions": []}),
+            interval_start: 300,
+            postings: cents
+                .iter()
+                .zip(["bob", "market-operator:imbalance"])
+                .map(|(c, a)| Posting {
+                    account: a.into(),
+                    amount: Amount::from_minor(*c),
+                    memo: Some("imbalance".into()),
+                })
+                .collect(),
+            readings: 0,
+            readings_digest: readings_digest([]),
+            rules: serde_json::json!({}),
+        })
+    };
+    let e = l.append(vec![delivery([-12, 11])]).await.unwrap_err();
+    assert!(
+        matches!(e, LedgerError::NotZeroSum { interval_start: 300, sum: Some(s) } if s == Amount::from_minor(-1)),
+        "{e}"
+    );
+    let reading = MeterReadingBody {
+        meter_id: None,
+        participant_id: "bob".into(),
+        payload: vec![1],
+        signature: [0; 64],
+    };
+    let no_interval = NewEntry::new(
+        baton_ledger::EntryKind::MeterReading,
+        None,
+        reading.to_bytes(),
+    );
+    assert!(l.append(vec![no_interval]).await.is_err());
+    l.append(vec![delivery([-12, 12])]).await.unwrap();
+    let balances = l.balances().await.unwrap();
+    assert_eq!(balances["bob"], Amount::from_minor(-12));
+    assert_eq!(
+        balances["market-operator:imbalance"],
+        Amount::from_minor(12)
+    );
+    let report = audit::verify(&db.url, &operator().public_key(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.postings, 2);
+    l.close().await;
+}
+dual!(delivery_postings_are_zero_sum_and_indexed);
+
 async fn database_rejects_update_and_delete(db: &TestDb) {
     let _l = common::standard_ledger(&db.url).await;
     let statements = [

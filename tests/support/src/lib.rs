@@ -89,6 +89,42 @@ pub fn clock_from(t0: i64, scale: f64) -> Arc<dyn Clock> {
     Arc::new(ScaledClock::new((t0 + 1) * 1000, scale))
 }
 
+/// A market clock the test moves by hand ([`ManualClock::set_s`]); clones share the time.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl ManualClock {
+    /// A clock reading `t` unix seconds.
+    pub fn at_s(t: i64) -> ManualClock {
+        ManualClock(Arc::new(std::sync::atomic::AtomicI64::new(t * 1000)))
+    }
+
+    /// Moves the clock to `t` unix seconds (forward or back).
+    pub fn set_s(&self, t: i64) {
+        self.0.store(t * 1000, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The clock as a server's [`Clock`].
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(self.clone())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `reading` encoded and signed by `key` (the participant's or its meter's).
+pub fn sign_reading(key: &SigningKey, reading: &pb::MeterReading) -> pb::SignedMeterReading {
+    let bytes = reading.encode_to_vec();
+    pb::SignedMeterReading {
+        signature: key.sign(&bytes).to_bytes().to_vec(),
+        reading: bytes,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keys and signing
 
@@ -181,6 +217,7 @@ pub async fn send_admin(channel: &Channel, r: pb::SignedAdminRequest) -> Result<
         C::Pause(_) => c.pause(r).await.map(|_| ()),
         C::Resume(_) => c.resume(r).await.map(|_| ()),
         C::ClearNow(_) => c.clear_now(r).await.map(|_| ()),
+        C::RegisterMeter(_) => c.register_meter(r).await.map(|_| ()),
         other => panic!("not a mutating command: {other:?}"),
     }
 }
