@@ -90,6 +90,7 @@ pub(crate) fn run(a: AgentsArgs) -> Result<()> {
         streams: a.streams,
         first_interval: a.first_interval,
         flex_offers: !a.no_flex,
+        meter_readings: true,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let channel = baton_client::connect(&server).await?;

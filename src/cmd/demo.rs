@@ -46,6 +46,14 @@ const FLEX_REQUIREMENT_SHARE_OF_LIMIT: Decimal = Decimal::from_parts(5, 0, 0, fa
 const FLEX_REQUIREMENT_PRICE: Decimal = Decimal::from_parts(30, 0, 0, false, 2);
 /// Intervals traded by default: one hour of five-minute intervals.
 const DEMO_INTERVALS_DEFAULT: u32 = 12;
+/// The demo market's settlement deadline for meter readings, market seconds after an
+/// interval ends (two intervals).
+const DEMO_METER_DEADLINE_S: i64 = 600;
+/// Intervals listed beyond those traded when looking for their delivery: the market keeps
+/// clearing (empty books) while the last interval's meters report.
+const DELIVERY_LIST_EXTRA: u32 = 16;
+/// Longest real wait for the last interval's delivery settlement after trading.
+const DELIVERY_WAIT_REAL_S_MAX: u64 = 60;
 /// Longest a demo may run, intervals (a day).
 const DEMO_INTERVALS_MAX: u32 = 288;
 
@@ -188,6 +196,10 @@ async fn demo(
     ));
     config.clock = clock.clone();
     config.intervals_ahead = 2;
+    // The agents send an interval's readings at their first look at the clock after it ends,
+    // about an interval later; two intervals leave a margin and keep the wait for the last
+    // interval's delivery short.
+    config.meter_deadline_s = DEMO_METER_DEADLINE_S;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("listening on loopback")?;
@@ -255,14 +267,14 @@ async fn demo(
         .context("reading the ledger for the report")?;
     println!();
     println!("{}", baton_report::text(&rep));
-    let verified = baton_ledger::audit::verify(&db, &public, None).await;
+    let verified = baton_audit::verify(&db, &public, Vec::new()).await;
     let recleared = baton_audit::reclear_ledger(&db, None).await;
     let (passed, audit_text) = match (&verified, &recleared) {
         (Ok(v), Ok(r)) => (
             true,
             format!(
-                "audit verify: {} entries, hash chain, Merkle checkpoints and every signature check; audit reclear: {} intervals re-cleared with identical prices, fills and payments",
-                v.entries,
+                "audit verify: {} entries, hash chain, Merkle checkpoints, every signature and every book bound to its signed orders check; audit reclear: {} intervals re-cleared with identical prices, fills and payments",
+                v.ledger.entries,
                 r.len()
             ),
         ),
@@ -342,6 +354,10 @@ async fn trade(
         .find(|g| g.id == population.grid_connection)
         .map(|g| g.node.clone())
         .context("the population's grid connection is not in its network")?;
+    let watcher = AdminClient::new(
+        channel.clone(),
+        AdminKey::load(&key_path).context("loading the operator key")?,
+    );
     let operator_task = tokio::spawn(operate(admin, network, head, rx));
     let traded = agents::run(channel, population, &config, |r| {
         println!("{}", progress_line(r));
@@ -351,8 +367,79 @@ async fn trade(
     .context("trading");
     drop(tx);
     let operated = operator_task.await.context("the operator task")?;
-    traded?;
-    operated
+    let summary = traded?;
+    operated?;
+    println!(
+        "meters: {} readings acknowledged, {} refused{}",
+        summary.readings_accepted,
+        summary.readings_refused,
+        summary
+            .reading_refusals
+            .first()
+            .map(|m| format!(" (first: {m})"))
+            .unwrap_or_default()
+    );
+    if let (Some(first), Some(last)) = (summary.intervals.first(), summary.intervals.last()) {
+        delivered(
+            &watcher,
+            summary.intervals.len(),
+            first.interval_start,
+            last.interval_start,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until the market has settled the delivery of the `intervals` traded, `first` to
+/// `last` (the last one's
+/// meter deadline is [`DEMO_METER_DEADLINE_S`] after it ends), then prints each one's delivery.
+async fn delivered(admin: &AdminClient, intervals: usize, first: i64, last: i64) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let list = admin
+            .list_intervals(intervals as u32 + DELIVERY_LIST_EXTRA, None)
+            .await
+            .context("listing the intervals")?;
+        if list
+            .iter()
+            .any(|i| i.interval_start == last && i.delivery.is_some())
+        {
+            let mut list = list;
+            list.sort_by_key(|i| i.interval_start);
+            for i in list
+                .iter()
+                .filter(|i| (first..=last).contains(&i.interval_start))
+            {
+                let Some(d) = &i.delivery else { continue };
+                println!(
+                    "{} delivery: {} readings, {} missing; imbalance {} kWh, paid {}; flexibility delivered {} of {} kWh, penalties {}",
+                    hhmm(i.interval_start),
+                    d.readings_received,
+                    d.readings_missing,
+                    d.imbalance_kwh,
+                    d.imbalance_cost,
+                    d.flex_delivered_kwh,
+                    d.flex_procured_kwh,
+                    d.flex_penalties
+                );
+            }
+            return Ok(());
+        }
+        if t0.elapsed().as_secs() >= DELIVERY_WAIT_REAL_S_MAX {
+            bail!("the market did not settle the last interval's delivery within {DELIVERY_WAIT_REAL_S_MAX} s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `HH:MM` (UTC) of a unix time.
+fn hhmm(t: i64) -> String {
+    format!(
+        "{:02}:{:02}",
+        t.rem_euclid(86_400) / 3600,
+        t.rem_euclid(3600) / 60
+    )
 }
 
 /// The operator: the first time a line congests, posts a flexibility requirement on the area

@@ -92,6 +92,8 @@ async fn run_once() -> Run {
         streams: 3,
         first_interval: Some(T0 + INTERVAL_S),
         flex_offers: true,
+        // Metering end to end is the demo's test (tests/it/demo.rs) and tests/it/metering.rs.
+        meter_readings: false,
     };
     let mut lines = Vec::new();
     let summary = tokio::time::timeout(

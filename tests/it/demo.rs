@@ -46,9 +46,32 @@ fn the_demo_trades_audits_and_writes_its_report() {
     // 40 households, the estate's 120 and the 24 farms, and 32 bus loads.
     assert!(stdout.contains("registered 216 prosumers"), "{stdout}");
     assert!(stdout.contains("audit verify: "), "{stdout}");
+    // The market keeps clearing (empty books) while the last interval's meters report.
+    let recleared: usize = stdout
+        .split("audit reclear: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("an audit reclear line: {stdout}"));
+    assert!(recleared >= 4, "{stdout}");
+    // Every agent's meter reported every traded interval, and each was settled on delivery.
     assert!(
-        stdout.contains("audit reclear: 4 interval(s) re-cleared"),
+        stdout.contains(&format!(
+            "meters: {} readings acknowledged, 0 refused",
+            4 * 216
+        )),
         "{stdout}"
+    );
+    let delivery: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" delivery: 216 readings, 0 missing; imbalance "))
+        .collect();
+    assert!(delivery.len() >= 4, "{stdout}");
+    assert!(
+        delivery
+            .iter()
+            .any(|l| !l.contains("flexibility delivered 0 of")),
+        "flexibility was delivered and measured: {stdout}"
     );
     // The market, interval by interval: the weak lateral congests and prices separate.
     let field = |line: &str, key: &str| -> String {

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_client::{
-    decimal, pb, sign_order, AdminClient, AdminKey, BlockSpec, ClientError, MarketClient, NewOrder,
-    NewParticipant, ParticipantKey, PublicClient, SUBMIT_STREAM_ORDERS_MAX,
+    decimal, pb, sign_meter_reading, sign_order, AdminClient, AdminKey, BlockSpec, ClientError,
+    MarketClient, NewOrder, NewParticipant, NewReading, ParticipantKey, PublicClient,
+    SUBMIT_STREAM_ORDERS_MAX,
 };
 use baton_engine::model::{Direction, Side};
 use rust_decimal::Decimal;
@@ -111,6 +112,9 @@ pub struct RunConfig {
     /// Send the batteries' flexibility offers (when the population enables them). Needs a
     /// server that clears `PRODUCT_FLEX_UP`/`PRODUCT_FLEX_DOWN` orders.
     pub flex_offers: bool,
+    /// Submit each agent's meter reading ([`crate::metering::meter`]) once its interval has
+    /// ended, signed by the agent, the last interval's after waiting for its end.
+    pub meter_readings: bool,
 }
 
 impl Default for RunConfig {
@@ -120,6 +124,7 @@ impl Default for RunConfig {
             streams: 4,
             first_interval: None,
             flex_offers: true,
+            meter_readings: true,
         }
     }
 }
@@ -301,7 +306,89 @@ pub async fn register(
 pub struct RunSummary {
     /// One report per interval traded, in order.
     pub intervals: Vec<IntervalReport>,
+    /// Meter readings the market acknowledged.
+    pub readings_accepted: usize,
+    /// Meter readings it refused, and the first few refusals' messages.
+    pub readings_refused: usize,
+    /// The first few refusals of meter readings.
+    pub reading_refusals: Vec<String>,
 }
+
+/// What the meter task tallied.
+#[derive(Default)]
+struct ReadingTally {
+    accepted: usize,
+    refused: usize,
+    refusals: Vec<String>,
+}
+
+/// The meters: for each interval's readings received on `rx`, waits until the interval has
+/// ended in market time (looking at the market's clock at least every
+/// [`READING_WAIT_REAL_MS_MAX`]), then submits them, each signed by its agent with the
+/// interval's start as its nonce (one reading per agent per interval, so the nonces increase),
+/// at most [`baton_client::METER_READINGS_PER_CALL_MAX`] per call. Ends when `rx` closes and
+/// every interval received has been sent.
+async fn meters(
+    public: PublicClient,
+    signers: Vec<(String, ParticipantKey)>,
+    interval_s: i64,
+    scale: f64,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(i64, Vec<MeterReading>)>,
+) -> Result<ReadingTally, RunError> {
+    let mut tally = ReadingTally::default();
+    while let Some((t, readings)) = rx.recv().await {
+        let end_ms = (t + interval_s) * 1000;
+        loop {
+            let now = public
+                .market_info()
+                .await
+                .map_err(client("reading the market's clock"))?;
+            if now.now_ms >= end_ms {
+                break;
+            }
+            let real_ms = ((end_ms - now.now_ms) as f64 / scale).ceil() as u64 + 1;
+            tokio::time::sleep(Duration::from_millis(real_ms.min(READING_WAIT_REAL_MS_MAX))).await;
+        }
+        let signed: Vec<pb::SignedMeterReading> = readings
+            .iter()
+            .zip(&signers)
+            .map(|(r, (node, key))| {
+                let reading = NewReading {
+                    interval_start: t,
+                    node: node.clone(),
+                    import_kwh: r.import_kwh,
+                    export_kwh: r.export_kwh,
+                };
+                sign_meter_reading(
+                    key,
+                    &reading.to_proto(&r.participant, t.max(0) as u64, None),
+                )
+            })
+            .collect();
+        for chunk in signed.chunks(baton_client::METER_READINGS_PER_CALL_MAX) {
+            let outcomes = public
+                .submit_signed_readings(chunk.to_vec())
+                .await
+                .map_err(client(format!("submitting the meter readings of {t}")))?;
+            for o in outcomes {
+                match o {
+                    Ok(_) => tally.accepted += 1,
+                    Err(e) => {
+                        tally.refused += 1;
+                        if tally.refusals.len() < REFUSALS_KEPT_MAX {
+                            tally.refusals.push(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(tally)
+}
+
+/// Longest real wait between two looks at the market's clock while readings wait for their
+/// interval's end.
+const READING_WAIT_REAL_MS_MAX: u64 = 200;
 
 /// Trades `population` on the market behind `channel` for `config.intervals` cleared
 /// intervals, calling `progress` after each. The agents' state (batteries, EVs, price
@@ -388,6 +475,14 @@ pub async fn run(
     let flex_on = config.flex_offers && population.flex.enabled;
     let roles = delivery_roles(population);
     let mut summary = RunSummary::default();
+    let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
+    let signers = population
+        .agents
+        .iter()
+        .zip(&keys)
+        .map(|(a, k)| (a.node().to_string(), k.clone()))
+        .collect();
+    let meter_task = tokio::spawn(meters(public.clone(), signers, interval_s, scale, meter_rx));
     for index in 1..=config.intervals {
         let t0 = Instant::now();
         // Behind the market (a slow machine, a fast clock): trade in the next interval still
@@ -430,9 +525,21 @@ pub async fn run(
         report.skipped = skipped as u32;
         report.fills_ms = t1.elapsed().as_millis() as u64;
         progress(&report);
+        if config.meter_readings {
+            // The task only ends with an error (or when this sender closes).
+            let _ = meter_tx.send((report.interval_start, report.meter_readings.clone()));
+        }
         summary.intervals.push(report);
         target += interval_s;
     }
+    // The last intervals' meters report once those intervals are over.
+    drop(meter_tx);
+    let tally = meter_task
+        .await
+        .map_err(|e| RunError::Market(format!("the meter task failed: {e}")))??;
+    summary.readings_accepted = tally.accepted;
+    summary.readings_refused = tally.refused;
+    summary.reading_refusals = tally.refusals;
     Ok(summary)
 }
 

@@ -91,6 +91,8 @@ pub use admin::{
     CLEAR_NOW_TIMEOUT_MS, PARTICIPANT_PAGES_MAX,
 };
 pub use audit::AuditClient;
+/// Most meter readings in one `SubmitMeterReadings` call.
+pub use baton_proto::wire::METER_READINGS_PER_CALL_MAX;
 pub use error::ClientError;
 pub use key::{AdminKey, ParticipantKey};
 pub use market::{
