@@ -177,6 +177,7 @@ intervals; the facts, totals and congested lines cover all of them.</p>"
     volumes(&mut o, report, shown, &time);
     flexibility(&mut o, report, shown, &time);
     congestion(&mut o, report, &time);
+    delivery(&mut o, shown, &time);
     interval_table(&mut o, report, shown, &time);
     let _ = writeln!(
         o,
@@ -681,6 +682,62 @@ fn congestion(o: &mut String, r: &Report, time: &dyn Fn(i64) -> String) {
         );
     }
 }
+
+/// Metered delivery against what was cleared, per interval whose delivery settlement is
+/// recorded: readings received and missing, imbalance volume and what participants paid for
+/// it, flexibility delivered against procured, and the shortfall penalties.
+fn delivery(o: &mut String, shown: &[IntervalSummary], time: &dyn Fn(i64) -> String) {
+    let rows: Vec<_> = shown
+        .iter()
+        .filter_map(|s| s.delivery.as_ref().map(|d| (s.interval_start, d)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "<h2>Delivery against the clearing</h2>\n<table class=\"delivery\">\n<tr>\
+<th class=\"l\">interval</th><th>readings</th><th>missing</th><th>imbalance kWh</th>\
+<th>imbalance paid</th><th>flexibility procured kWh</th><th>delivered kWh</th>\
+<th>delivered %</th><th>penalties</th></tr>"
+    );
+    for (t, d) in rows {
+        let share = if d.flex_procured_kwh.is_zero() {
+            "–".to_string()
+        } else {
+            show_fixed(
+                d.flex_delivered_kwh * Decimal::ONE_HUNDRED / d.flex_procured_kwh,
+                DELIVERY_SHARE_DP,
+            )
+        };
+        let _ = writeln!(
+            o,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+<td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&time(t)),
+            d.readings,
+            d.missing,
+            show_fixed(d.imbalance_kwh, DELIVERY_KWH_DP),
+            show_fixed(d.imbalance_cost, super::MONEY_DP),
+            show_fixed(d.flex_procured_kwh, DELIVERY_KWH_DP),
+            show_fixed(d.flex_delivered_kwh, DELIVERY_KWH_DP),
+            share,
+            show_fixed(d.flex_penalties, super::MONEY_DP),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "</table>\n<p class=\"note\">From each interval's <span class=\"mono\">\
+delivery_settlement</span> entry: imbalance is metered minus cleared energy beyond the \
+flexibility delivered; a missing reading is settled as its schedule with its flexibility \
+undelivered (docs/MARKET.md, Delivery).</p>"
+    );
+}
+
+/// Decimal places of the delivery table's kWh.
+const DELIVERY_KWH_DP: u32 = 3;
+/// Decimal places of the delivered share, percent.
+const DELIVERY_SHARE_DP: u32 = 1;
 
 /// `price (node, node, … +N)`.
 fn price_at(p: &Option<PriceAt>) -> String {

@@ -118,6 +118,12 @@ fn the_demo_trades_audits_and_writes_its_report() {
     let html = std::fs::read_to_string(report).unwrap();
     assert!(html.contains("<svg"), "the report draws its heat map");
     assert!(html.contains("id=\"feeder\""), "and the feeder");
+    // And delivery against the clearing: every agent's reading, no missing one.
+    let table = html
+        .split("<h2>Delivery against the clearing</h2>")
+        .nth(1)
+        .expect("a delivery section");
+    assert!(table.contains("<td>216</td><td>0</td>"), "{table}");
     // The ledger says the same: a congested interval with distinct prices, and the
     // requirement procured.
     let db = format!("sqlite://{}", demo_dir.join("baton.db").display());
