@@ -179,7 +179,7 @@ fn regate(entries: &mut [Entry]) {
 
 /// What the ledger's own verification, the full audit and the re-clear said (`None`: the
 /// backend is not available).
-type Outcome = Option<(Result<(), String>, Result<(), String>, Result<(), String>)>;
+type Outcome = Option<crate::Verdicts>;
 
 /// Builds the honest ledger on `backend`, applies `attack`, re-signs, and returns what the
 /// ledger's own verification and the full audit say.
@@ -192,20 +192,7 @@ async fn dishonest(
     attack(&mut entries);
     regate(&mut entries);
     support::re_sign(entries, &dst.url).await;
-    let key = support::operator().public_key();
-    let ledger_only = baton_ledger::audit::verify(&dst.url, &key, None)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    let audit = baton_audit::verify(&dst.url, &key, Vec::new())
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    let reclear = baton_audit::reclear_ledger(&dst.url, None)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    Some((ledger_only, audit, reclear))
+    Some(crate::verdicts(&dst.url).await)
 }
 
 fn sqlite() -> Option<TempLedger> {

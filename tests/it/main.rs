@@ -25,6 +25,27 @@ mod witness;
 /// The `baton` binary Cargo built for these tests.
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
+/// What the ledger's own verification, the full audit (with the book binding) and the
+/// re-clear say of the ledger at `url`, signed by the test operator.
+type Verdicts = (Result<(), String>, Result<(), String>, Result<(), String>);
+
+async fn verdicts(url: &str) -> Verdicts {
+    let key = support::operator().public_key();
+    let ledger_only = baton_ledger::audit::verify(url, &key, None)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let audit = baton_audit::verify(url, &key, Vec::new())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let reclear = baton_audit::reclear_ledger(url, None)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    (ledger_only, audit, reclear)
+}
+
 /// Runs the built `baton` with `args`.
 fn baton(args: &[&str]) -> std::process::Output {
     std::process::Command::new(BATON)

@@ -526,7 +526,7 @@ fn rebind(entries: &mut [Entry]) {
     // after every gate.
 }
 
-type Outcome = Option<(Result<(), String>, Result<(), String>, Result<(), String>)>;
+type Outcome = Option<crate::Verdicts>;
 
 async fn dishonest(
     backend: fn() -> Option<TempLedger>,
@@ -540,20 +540,7 @@ async fn dishonest(
         rebind(&mut entries);
     }
     support::re_sign(entries, &dst.url).await;
-    let key = support::operator().public_key();
-    let ledger_only = baton_ledger::audit::verify(&dst.url, &key, None)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    let audit = baton_audit::verify(&dst.url, &key, Vec::new())
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    let reclear = baton_audit::reclear_ledger(&dst.url, None)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string());
-    Some((ledger_only, audit, reclear))
+    Some(crate::verdicts(&dst.url).await)
 }
 
 fn sqlite() -> Option<TempLedger> {
