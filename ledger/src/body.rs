@@ -275,6 +275,13 @@ impl SignedMessageBody {
     }
 }
 
+/// Sum of `postings` (`None` on overflow): a settlement's or a delivery settlement's total.
+fn postings_total(postings: &[Posting]) -> Option<Amount> {
+    postings
+        .iter()
+        .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+}
+
 impl SettlementBody {
     /// Canonical bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -291,9 +298,7 @@ impl SettlementBody {
 
     /// Sum of the postings (`None` on overflow).
     pub fn total(&self) -> Option<Amount> {
-        self.postings
-            .iter()
-            .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+        postings_total(&self.postings)
     }
 }
 
@@ -491,9 +496,7 @@ impl DeliverySettlementBody {
 
     /// Sum of the postings (`None` on overflow).
     pub fn total(&self) -> Option<Amount> {
-        self.postings
-            .iter()
-            .try_fold(Amount::ZERO, |acc, p| acc.checked_add(p.amount))
+        postings_total(&self.postings)
     }
 }
 
