@@ -180,6 +180,55 @@ pub async fn rebuild_clearings(
     Ok(out)
 }
 
+/// A follower's copy of the recorded intervals (several nodes on one ledger): fed every entry
+/// in seq order from the first, it hands out each interval once its recording is complete, so
+/// the follower can publish it. [`Replica::reclear`] rebuilds the interval's market and
+/// clearing the way [`reclear_ledger`] does, checked against the recording: a follower publishes
+/// only what it has re-cleared itself, never bytes it did not check.
+pub struct Replica {
+    binding: Binding,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").finish_non_exhaustive()
+    }
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica {
+            binding: Binding::rebuilding(),
+        }
+    }
+}
+
+impl Replica {
+    /// An empty replica (feed it from seq 1).
+    pub fn new() -> Replica {
+        Replica::default()
+    }
+
+    /// Feeds one entry; returns the intervals whose recording it completes.
+    pub fn add(
+        &mut self,
+        e: &baton_ledger::Entry,
+    ) -> Result<Vec<book::BoundInterval>, ReclearError> {
+        check_entry(&mut self.binding, e)?;
+        self.binding.take_ready_deliveries();
+        Ok(self.binding.take_ready())
+    }
+
+    /// Re-clears one completed interval: its market and clearing, identical to the recording.
+    pub fn reclear(
+        b: &book::BoundInterval,
+    ) -> Result<(baton_engine::Market, baton_engine::Clearing), ReclearError> {
+        let (_, market, clearing) =
+            record::reclear_keeping(b.interval, &b.market, b.rounding, &b.result, &b.settlement)?;
+        Ok((market, clearing))
+    }
+}
+
 /// Runs the binding on one entry read from the ledger.
 fn check_entry(binding: &mut Binding, e: &baton_ledger::Entry) -> Result<(), ReclearError> {
     let bad = |err: baton_ledger::body::BodyError| ReclearError::Binding {

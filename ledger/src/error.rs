@@ -27,6 +27,13 @@ pub enum LedgerError {
         /// What was observed.
         reason: String,
     },
+    /// Cluster mode: this node does not hold the leader lease at the epoch it appends with (a
+    /// follower, or a leader another node has replaced); nothing was written.
+    #[error("fenced: {0}; nothing was written")]
+    Fenced(String),
+    /// A cluster feature on a backend that has none (only PostgreSQL coordinates nodes).
+    #[error("several nodes need a PostgreSQL ledger")]
+    ClusterNeedsPostgres,
     /// `append` on a handle opened without an operator key.
     #[error("this ledger handle has no operator key: call Ledger::with_operator to append")]
     ReadOnly,

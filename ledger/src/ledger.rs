@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{parse_body, Amount, IntervalSums, KnownBody};
 use crate::checkpoint::{check_origin, Checkpoint};
+use crate::cluster::{Cluster, Fence};
 use crate::entry::{entry_hash, Entry, Hash, NewEntry, BATCH_ENTRIES_MAX, BODY_BYTES_MAX};
 use crate::error::{LedgerError, Result};
 use crate::key::OperatorKey;
@@ -52,6 +53,8 @@ struct Writer {
     origin: String,
     /// `None` until loaded, and again after any failed append (forces a reload).
     head: tokio::sync::Mutex<Option<HeadState>>,
+    /// What each append must prove (cluster mode).
+    fence: std::sync::Mutex<Fence>,
 }
 
 /// A handle on a ledger database. Reads need nothing else; appends need the operator key
@@ -97,8 +100,30 @@ impl Ledger {
             key,
             origin: origin.to_string(),
             head: tokio::sync::Mutex::new(None),
+            fence: std::sync::Mutex::new(Fence::None),
         });
         Ok(self)
+    }
+
+    /// The coordination tables of several nodes, on a PostgreSQL ledger.
+    pub fn cluster(&self) -> Result<Cluster> {
+        match &self.pool {
+            Pool::Postgres(p) => Ok(Cluster::new(p.clone())),
+            Pool::Sqlite(_) => Err(LedgerError::ClusterNeedsPostgres),
+        }
+    }
+
+    /// Sets what every later append must prove, and forgets the cached head (a new leader
+    /// reads the head the last one left). `Fence::Leader` needs PostgreSQL.
+    pub async fn set_fence(&self, fence: Fence) -> Result<()> {
+        let writer = self.writer.as_ref().ok_or(LedgerError::ReadOnly)?;
+        if fence != Fence::None && matches!(self.pool, Pool::Sqlite(_)) {
+            return Err(LedgerError::ClusterNeedsPostgres);
+        }
+        let mut head = writer.head.lock().await;
+        *head = None;
+        *writer.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
+        Ok(())
     }
 
     /// Closes the pool.
@@ -119,7 +144,33 @@ impl Ledger {
     /// earlier entries. Inside the transaction, the stored head must be the one this handle
     /// computed against, else [`LedgerError::Conflict`] and nothing is written.
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<AppendReceipt> {
+        self.append_sequenced(entries, &[]).await
+    }
+
+    /// [`Ledger::append`] of entries taken from the shared intake (cluster mode): entry `i`
+    /// is intake row `intake_ids[i]`, marked sequenced (with its seq) in the same transaction,
+    /// which fails if any of them already is.
+    pub async fn append_sequenced(
+        &self,
+        entries: Vec<NewEntry>,
+        intake_ids: &[i64],
+    ) -> Result<AppendReceipt> {
         let writer = self.writer.as_ref().ok_or(LedgerError::ReadOnly)?;
+        let fence = writer
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if fence == Fence::Follower {
+            return Err(LedgerError::Fenced(
+                "this node is a follower; the leader appends".into(),
+            ));
+        }
+        if intake_ids.len() > entries.len() {
+            return Err(LedgerError::Fenced(
+                "more intake rows than entries in one append".into(),
+            ));
+        }
         let postings_by_entry = validate_batch(&entries)?;
         let mut guard = writer.head.lock().await;
         if guard.is_none() {
@@ -172,6 +223,8 @@ impl Ledger {
             postings: &postings,
             checkpoint: &checkpoint,
             frontier: &frontier_bytes,
+            fence: &fence,
+            intake_ids,
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)

@@ -47,6 +47,7 @@
 pub mod audit;
 pub mod body;
 pub mod checkpoint;
+pub mod cluster;
 pub mod entry;
 mod error;
 mod hexser;

@@ -181,6 +181,11 @@ impl AdminApi {
         req: &pb::SignedAdminRequest,
         rpc: &str,
     ) -> Result<Authorized<'_>, ServiceError> {
+        // Several nodes: the reads answer from any node's replica; every command that changes
+        // the market goes to the leader, which alone appends.
+        if !READ_ONLY_RPCS.contains(&rpc) {
+            self.shared.check_leader().await?;
+        }
         if req.request.len() > ADMIN_REQUEST_BYTES_MAX {
             return Err(invalid(
                 "request",
@@ -229,6 +234,9 @@ impl AdminApi {
         })
     }
 }
+
+/// Admin RPCs that only read, so any node of several answers them.
+const READ_ONLY_RPCS: [&str; 3] = ["Status", "ListParticipants", "ListIntervals"];
 
 /// The operator's request behind a ledger append: its RPC and nonce.
 #[derive(Clone, Copy)]

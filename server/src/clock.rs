@@ -118,6 +118,16 @@ impl ScaledClock {
     pub fn from_now(scale: f64) -> Self {
         Self::new(wall_now_ms(), scale)
     }
+
+    /// Reads `anchor_ms` at wall time `anchor_ms` and runs `scale` times faster from there:
+    /// processes started at different moments with the same anchor read the same market time
+    /// (as closely as their wall clocks agree).
+    pub fn anchored(anchor_ms: i64, scale: f64) -> Self {
+        let mut c = Self::new(0, scale);
+        let since = (wall_now_ms() - anchor_ms) as f64 * c.scale;
+        c.origin_ms = anchor_ms + since as i64;
+        c
+    }
 }
 
 impl Clock for ScaledClock {

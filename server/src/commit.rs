@@ -23,7 +23,10 @@ use super::{FaultInjection, Shared, GROUP_COMMIT_ENTRIES_MAX};
 /// A durable order: its seq and its signed receipt.
 #[derive(Debug)]
 pub(crate) struct Accepted {
+    /// Its chain seq; 0 from a node of several (sequenced later by the leader).
     pub(crate) seq: u64,
+    /// Its id in the shared intake of several nodes; 0 from a single process.
+    pub(crate) intake_id: u64,
     /// `None` only if signing failed (logged); the order is durable either way.
     pub(crate) receipt: Option<pb::Receipt>,
 }
@@ -33,7 +36,7 @@ pub(crate) enum CommitItem {
     /// Append an order, then put it in its book and reply with its seq and receipt.
     Order(ValidOrder, oneshot::Sender<Result<Accepted, ServiceError>>),
     /// Append a cancel, then take the order out of its book and reply with its seq.
-    Cancel(ValidCancel, oneshot::Sender<Result<u64, ServiceError>>),
+    Cancel(ValidCancel, oneshot::Sender<Result<Accepted, ServiceError>>),
     /// Reply once everything queued before it is appended (the scheduler's gate closure).
     Barrier(oneshot::Sender<()>),
     /// Stop after everything queued before it.
@@ -87,6 +90,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
             let n = entries.len();
             let t0 = std::time::Instant::now();
             let r = shared.ledger.append(entries).await;
+            super::metrics::METRICS.intake_commit(t0.elapsed(), n);
             tracing::debug!(
                 entries = n,
                 ms = t0.elapsed().as_millis() as u64,
@@ -130,7 +134,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitItem>)
                     CommitItem::Cancel(c, reply) => match (&appended, seq.as_mut()) {
                         (Ok(_), Some(s)) => {
                             st.apply_cancel(&c.order_id);
-                            let _ = reply.send(Ok(*s));
+                            super::metrics::METRICS.accepted();
+                            let _ = reply.send(Ok(Accepted {
+                                seq: *s,
+                                intake_id: 0,
+                                receipt: None,
+                            }));
                             *s += 1;
                         }
                         (Err(e), _) => {
@@ -169,8 +178,10 @@ async fn sign_and_reply(shared: Arc<Shared>, mut rx: mpsc::Receiver<ToSign>) {
     while let Some(batch) = rx.recv().await {
         let mut receipts = sign_receipts(&shared, &batch.leaves).into_iter();
         for (reply, leaf) in batch.replies.into_iter().zip(&batch.leaves) {
+            super::metrics::METRICS.accepted();
             let _ = reply.send(Ok(Accepted {
                 seq: leaf.ledger_seq,
+                intake_id: 0,
                 receipt: receipts.next(),
             }));
         }

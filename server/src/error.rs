@@ -118,6 +118,10 @@ pub enum ServiceError {
     /// The ledger failed; nothing was acknowledged.
     #[error("ledger: {0}")]
     Storage(String),
+    /// Several nodes: this request needs the leader, and this node is not it (or no longer
+    /// is). Nothing was written; send it to the leader the message names, or retry.
+    #[error("this node is not the market's leader: {0}")]
+    NotLeader(String),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -148,8 +152,9 @@ impl From<ServiceError> for Status {
             E::Limit { .. } | E::Busy => Code::ResourceExhausted,
             E::NotFound(_) => Code::NotFound,
             E::Storage(_) => Code::Internal,
-            E::ShuttingDown | E::Halted(_) => Code::Unavailable,
+            E::ShuttingDown | E::Halted(_) | E::NotLeader(_) => Code::Unavailable,
         };
+        super::metrics::METRICS.refused(code);
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");
         } else {
@@ -161,7 +166,10 @@ impl From<ServiceError> for Status {
 
 impl From<baton_ledger::LedgerError> for ServiceError {
     fn from(e: baton_ledger::LedgerError) -> Self {
-        ServiceError::Storage(e.to_string())
+        match e {
+            baton_ledger::LedgerError::Fenced(why) => ServiceError::NotLeader(why),
+            e => ServiceError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -35,15 +35,18 @@ pub mod error;
 
 mod admin;
 mod audit;
+mod cluster;
 mod commit;
 mod connections;
 mod market;
 mod metering;
+mod metrics;
 mod recover;
 mod scheduler;
 mod state;
 
 pub use clock::{Clock, ScaledClock, WallClock};
+pub use cluster::{LEASE_MS_DEFAULT, LEASE_MS_MIN};
 pub use error::ServiceError;
 
 /// Largest serialized `Order` accepted, bytes. Sixteen blocks with long decimals and ids stay
@@ -207,9 +210,37 @@ pub struct ServerConfig {
     pub meter_deadline_s: i64,
     /// How metered delivery is settled (imbalance spread, flexibility shortfall penalty).
     pub delivery_rules: baton_engine::delivery::DeliveryRules,
+    /// Run as one node of several on one PostgreSQL ledger (`None`: the only process).
+    pub node: Option<NodeConfig>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this listener.
+    pub metrics_listener: Option<tokio::net::TcpListener>,
     /// Test hook: make a server task panic. Leave at the default.
     #[doc(hidden)]
     pub faults: FaultInjection,
+}
+
+/// One node of several `baton serve` processes on one PostgreSQL ledger.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id: unique among the nodes, in the lease and the intake rows it writes.
+    pub id: String,
+    /// Where other nodes' clients can reach this node's gRPC (default: the listener's
+    /// address), named in followers' "not the leader" answers.
+    pub advertise_addr: Option<String>,
+    /// How long the leader's lease lasts without renewal, milliseconds
+    /// (`LEASE_MS_DEFAULT`; at least `LEASE_MS_MIN`).
+    pub lease_ms: i64,
+}
+
+impl NodeConfig {
+    /// A node with the default lease.
+    pub fn new(id: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            id: id.into(),
+            advertise_addr: None,
+            lease_ms: LEASE_MS_DEFAULT,
+        }
+    }
 }
 
 /// Test hook: makes one of the server's tasks panic, to exercise its supervision. Not a
@@ -268,6 +299,8 @@ impl ServerConfig {
             connections_max: CONNECTIONS_MAX,
             meter_deadline_s: METER_DEADLINE_S_DEFAULT,
             delivery_rules: baton_engine::delivery::DeliveryRules::default(),
+            node: None,
+            metrics_listener: None,
             faults: FaultInjection::default(),
         }
     }
@@ -346,6 +379,8 @@ pub(crate) struct Shared {
     pub(crate) metering: tokio::sync::Mutex<()>,
     /// Cleared intervals whose delivery is not settled yet: their market and clearing.
     pub(crate) awaiting_delivery: Mutex<BTreeMap<i64, Arc<metering::Cleared>>>,
+    /// This node, when it is one of several on one database.
+    pub(crate) cluster: Option<Arc<cluster::Node>>,
 }
 
 impl Shared {
@@ -363,6 +398,14 @@ impl Shared {
     pub(crate) fn check_running(&self) -> Result<(), ServiceError> {
         match self.halted.get() {
             Some(reason) => Err(ServiceError::Halted(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok` unless this is a node of several that does not lead now (then who does).
+    pub(crate) async fn check_leader(&self) -> Result<(), ServiceError> {
+        match &self.cluster {
+            Some(node) => node.check_leader().await,
             None => Ok(()),
         }
     }
@@ -446,8 +489,66 @@ pub async fn run(
             .await?
             .with_operator(config.operator_key, &config.origin)?,
     );
+    let node = match &config.node {
+        None => None,
+        Some(n) => {
+            if n.lease_ms < LEASE_MS_MIN {
+                return Err(ServeError::Config(format!(
+                    "lease_ms must be at least {LEASE_MS_MIN}"
+                )));
+            }
+            if n.id.is_empty() || n.id.len() > baton_proto::wire::PARTICIPANT_ID_BYTES_MAX {
+                return Err(ServeError::Config(format!(
+                    "node id must be 1 to {} bytes",
+                    baton_proto::wire::PARTICIPANT_ID_BYTES_MAX
+                )));
+            }
+            let c = ledger.cluster().map_err(|_| {
+                ServeError::Config("several nodes (--node-id) need a postgres:// ledger".into())
+            })?;
+            // A follower until elected: nothing this node appends lands before then.
+            ledger
+                .set_fence(baton_ledger::cluster::Fence::Follower)
+                .await?;
+            let addr = match (&n.advertise_addr, listener.local_addr()) {
+                (Some(a), _) => a.clone(),
+                (None, Ok(a)) => a.to_string(),
+                (None, Err(_)) => String::new(),
+            };
+            Some(Arc::new(cluster::Node {
+                id: n.id.clone(),
+                addr,
+                cluster: c,
+                lease_ms: n.lease_ms,
+                leading: Mutex::new(None),
+                applied: std::sync::atomic::AtomicU64::new(0),
+                sequencing: tokio::sync::Mutex::new(()),
+                scenario: config.scenario.clone(),
+            }))
+        }
+    };
     let mut st = state::MarketState::default();
-    let recovered = recover::rebuild(&ledger, &mut st).await?;
+    let mut replica = baton_audit::Replica::new();
+    let recovered = match &node {
+        None => recover::rebuild(&ledger, &mut st).await?,
+        Some(_) => {
+            let mut bad = None;
+            let r = recover::rebuild_with(&ledger, &mut st, |e| {
+                if let Err(err) = replica.add(e) {
+                    bad.get_or_insert(format!("seq {}: {err}", e.seq));
+                }
+            })
+            .await?;
+            if let Some(b) = bad {
+                tracing::error!(error = %b, "the follower's replica does not replay the ledger");
+            }
+            r
+        }
+    };
+    if let Some(n) = &node {
+        n.applied
+            .store(recovered.last_seq, std::sync::atomic::Ordering::Release);
+    }
     tracing::info!(
         entries = recovered.entries,
         participants = st.participants.len(),
@@ -499,18 +600,38 @@ pub async fn run(
         delivery_rules: config.delivery_rules.clone(),
         metering: tokio::sync::Mutex::new(()),
         awaiting_delivery: Mutex::new(BTreeMap::new()),
+        cluster: node.clone(),
     });
-    if let Some(text) = &config.scenario {
+    // Several nodes: the scenario is installed by the first node elected on a ledger without
+    // a network (`cluster::run`).
+    if let (Some(text), None) = (&config.scenario, &node) {
         admin::load_scenario_at_start(&shared, text)
             .await
             .map_err(ServeError::Scenario)?;
     }
-    let mut commit_task = Some(tokio::spawn(commit::run(shared.clone(), commit_rx)));
-    let mut scheduler_task = Some(tokio::spawn(scheduler::run(
-        shared.clone(),
-        clear_now_rx,
-        shutdown_rx.clone(),
-    )));
+    let (mut commit_task, mut scheduler_task) = if node.is_some() {
+        (
+            Some(tokio::spawn(cluster::intake(shared.clone(), commit_rx))),
+            Some(tokio::spawn(cluster::run(
+                shared.clone(),
+                clear_now_rx,
+                shutdown_rx.clone(),
+                replica,
+            ))),
+        )
+    } else {
+        let (sh, down) = (shared.clone(), shutdown_rx.clone());
+        (
+            Some(tokio::spawn(commit::run(shared.clone(), commit_rx))),
+            Some(tokio::spawn(async move {
+                scheduler::run(sh, clear_now_rx, down).await;
+            })),
+        )
+    };
+    if let Some(l) = config.metrics_listener {
+        tracing::info!(addr = ?l.local_addr().ok(), "metrics: serving GET /metrics");
+        tokio::spawn(metrics::serve(l, shared.clone()));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

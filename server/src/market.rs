@@ -99,13 +99,18 @@ impl MarketApi {
         )?;
         let (tx, rx) = oneshot::channel();
         let (id, interval) = (v.record.id.clone(), v.record.interval_start);
-        st.reserve_order(&v);
+        // With several nodes the shared intake holds nonces and counts (the replica here only
+        // learns the order once the leader sequences it).
+        let reserve = self.shared.cluster.is_none();
+        if reserve {
+            st.reserve_order(&v);
+        }
         if let Err(e) = self.shared.commit_tx.try_send(CommitItem::Order(v, tx)) {
             let (refusal, item) = match e {
                 mpsc::error::TrySendError::Full(item) => (ServiceError::Busy, item),
                 mpsc::error::TrySendError::Closed(item) => (self.shared.gone(), item),
             };
-            if let CommitItem::Order(v, _) = item {
+            if let (CommitItem::Order(v, _), true) = (item, reserve) {
                 st.release_order(&v);
             }
             return Err(refusal);
@@ -146,6 +151,7 @@ async fn acked(
         ledger_seq: a.seq,
         interval_start,
         receipt: a.receipt,
+        intake_id: a.intake_id,
     })
 }
 
@@ -330,6 +336,7 @@ impl MarketService for MarketApi {
                 now,
                 self.wall_now_s(),
                 self.shared.limits.request_timestamp_window_s,
+                self.shared.cluster.is_some(),
             )?;
             let (tx, rx) = oneshot::channel();
             let (pid, nonce) = (c.participant.clone(), c.nonce);
@@ -340,11 +347,16 @@ impl MarketService for MarketApi {
                     mpsc::error::TrySendError::Full(_) => ServiceError::Busy,
                     mpsc::error::TrySendError::Closed(_) => self.shared.gone(),
                 })?;
-            st.nonces.insert(pid, nonce);
+            if self.shared.cluster.is_none() {
+                st.nonces.insert(pid, nonce);
+            }
             rx
         };
-        let seq = rx.await.map_err(|_| self.shared.gone())??;
-        Ok(Response::new(pb::CancelOrderResponse { ledger_seq: seq }))
+        let a = rx.await.map_err(|_| self.shared.gone())??;
+        Ok(Response::new(pb::CancelOrderResponse {
+            ledger_seq: a.seq,
+            intake_id: a.intake_id,
+        }))
     }
 
     async fn get_order(

@@ -254,6 +254,8 @@ pub(crate) async fn submit(
     req: pb::SubmitMeterReadingsRequest,
 ) -> Result<pb::SubmitMeterReadingsResponse, ServiceError> {
     shared.check_running()?;
+    // Several nodes: readings are appended (and delivery settled) by the leader.
+    shared.check_leader().await?;
     if req.readings.len() > METER_READINGS_PER_CALL_MAX {
         return Err(invalid(
             "readings",

@@ -20,6 +20,8 @@ use super::state::{
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
     pub(crate) entries: u64,
+    /// The seq of the last entry read (0: an empty ledger).
+    pub(crate) last_seq: u64,
     /// The highest admin nonce a recorded operator command carried: the server refuses every
     /// admin request at or below it, so a request captured before a restart cannot be
     /// replayed after it.
@@ -71,6 +73,15 @@ pub(crate) async fn rebuild(
     ledger: &Ledger,
     st: &mut MarketState,
 ) -> Result<Recovered, LedgerError> {
+    rebuild_with(ledger, st, |_| {}).await
+}
+
+/// [`rebuild`], handing every entry to `each` too (a follower's replica).
+pub(crate) async fn rebuild_with(
+    ledger: &Ledger,
+    st: &mut MarketState,
+    mut each: impl FnMut(&baton_ledger::Entry),
+) -> Result<Recovered, LedgerError> {
     let mut out = Recovered::default();
     let mut from = 1u64;
     loop {
@@ -83,15 +94,31 @@ pub(crate) async fn rebuild(
         from = last.seq + 1;
         for e in &page {
             out.entries += 1;
+            out.last_seq = e.seq;
             apply(st, e.seq, e.kind, e.interval_start, &e.body);
-            index(&mut out, e.seq, e.kind, e.interval_start, &e.body);
+            index(
+                &mut out.index,
+                &mut out.admin_nonce,
+                e.seq,
+                e.kind,
+                e.interval_start,
+                &e.body,
+            );
+            each(e);
         }
     }
     Ok(out)
 }
 
 /// Notes the admin nonce an entry carries and where networks and intervals are recorded.
-fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, body: &[u8]) {
+pub(crate) fn index(
+    index: &mut LedgerIndex,
+    admin_nonce: &mut u64,
+    seq: u64,
+    kind: EntryKind,
+    interval: Option<i64>,
+    body: &[u8],
+) {
     let nonce = match kind {
         EntryKind::Participant => ParticipantBody::from_bytes(body)
             .ok()
@@ -101,12 +128,12 @@ fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, 
             .ok()
             .and_then(|e| e.admin_nonce),
         EntryKind::Network => {
-            out.index.network_seq = seq;
+            index.network_seq = seq;
             None
         }
         EntryKind::IntervalInput => {
             if let Some(s) = interval {
-                out.index.intervals.insert(
+                index.intervals.insert(
                     s,
                     IntervalMeta {
                         first_seq: seq,
@@ -118,14 +145,14 @@ fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, 
             None
         }
         EntryKind::Settlement => {
-            if let Some(m) = interval.and_then(|s| out.index.intervals.get_mut(&s)) {
+            if let Some(m) = interval.and_then(|s| index.intervals.get_mut(&s)) {
                 m.last_seq = seq;
             }
             None
         }
         EntryKind::DeliverySettlement => {
             if let Some(s) = interval {
-                out.index.deliveries.insert(s, seq);
+                index.deliveries.insert(s, seq);
             }
             None
         }
@@ -135,12 +162,18 @@ fn index(out: &mut Recovered, seq: u64, kind: EntryKind, interval: Option<i64>, 
             .and_then(|d| d.get(ADMIN_NONCE_DETAIL).and_then(|n| n.as_u64())),
         _ => None,
     };
-    out.admin_nonce = out.admin_nonce.max(nonce.unwrap_or(0));
+    *admin_nonce = (*admin_nonce).max(nonce.unwrap_or(0));
 }
 
 /// Applies one entry. Entries this server did not write (or cannot read) are skipped with a
 /// warning: they stay in the ledger for the auditor, but cannot make the market refuse to start.
-fn apply(st: &mut MarketState, seq: u64, kind: EntryKind, interval: Option<i64>, body: &[u8]) {
+pub(crate) fn apply(
+    st: &mut MarketState,
+    seq: u64,
+    kind: EntryKind,
+    interval: Option<i64>,
+    body: &[u8],
+) {
     match kind {
         EntryKind::Participant => {
             let Ok(b) = ParticipantBody::from_bytes(body) else {

@@ -59,11 +59,13 @@ const TICK_REAL_MS_MAX: f64 = 250.0;
 /// Fastest poll of the clock, real time.
 const TICK_REAL_MS_MIN: f64 = 2.0;
 
+/// Runs until `shutdown` (or, with several nodes, until this node's appends are fenced: another
+/// node leads now). Returns the `ClearNow` queue for the next term.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut clear_now: mpsc::Receiver<ClearNowReply>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> mpsc::Receiver<ClearNowReply> {
     let timing = shared.timing;
     // Poll often enough that a gate closes within 1% of an interval, real time.
     let tick_ms = (timing.interval_s as f64 * 1000.0 / shared.clock.scale() / 100.0)
@@ -97,6 +99,10 @@ pub(crate) async fn run(
             "clearing an interval whose gate closed while down"
         );
         if let Err(e) = clear_interval(&shared, s).await {
+            if let ServiceError::NotLeader(why) = e {
+                tracing::warn!(interval = s, %why, "no longer the leader; not clearing");
+                return clear_now;
+            }
             tracing::error!(interval = s, error = %e, "interval not cleared");
         }
     }
@@ -119,7 +125,11 @@ pub(crate) async fn run(
                     ledger_first_seq: c.as_ref().map(|c| c.result.ledger_first_seq).unwrap_or(0),
                     ledger_last_seq: c.as_ref().map(|c| c.result.ledger_last_seq).unwrap_or(0),
                 });
+                let fenced = matches!(r, Err(ServiceError::NotLeader(_)));
                 let _ = reply.send(r);
+                if fenced {
+                    return clear_now;
+                }
             }
             _ = tokio::time::sleep(tick) => {}
         }
@@ -129,11 +139,16 @@ pub(crate) async fn run(
             let s = next;
             next += timing.interval_s;
             if let Err(e) = clear_interval(&shared, s).await {
+                if let ServiceError::NotLeader(why) = e {
+                    tracing::warn!(interval = s, %why, "no longer the leader; not clearing");
+                    return clear_now;
+                }
                 tracing::error!(interval = s, error = %e, "interval not cleared");
             }
         }
         super::metering::settle_due(&shared).await;
     }
+    clear_now
 }
 
 /// Closes, clears, records and publishes interval `s`. `Ok(None)`: nothing to record (no
@@ -142,19 +157,28 @@ pub(crate) async fn clear_interval(
     shared: &Arc<Shared>,
     s: i64,
 ) -> Result<Option<Arc<ClearedInterval>>, ServiceError> {
+    let gate_at = Instant::now();
     {
         let mut st = shared.lock();
         st.closed_through = st.closed_through.max(s);
     }
-    // Orders validated before the gate closed may still be on their way to the ledger: wait
-    // for them so the frozen book is exactly the acknowledged orders.
-    let (tx, rx) = oneshot::channel();
-    shared
-        .commit_tx
-        .send(CommitItem::Barrier(tx))
-        .await
-        .map_err(|_| ServiceError::ShuttingDown)?;
-    rx.await.map_err(|_| ServiceError::ShuttingDown)?;
+    if let Some(node) = &shared.cluster {
+        // Several nodes: close the gate for all of them in the database (it waits for intake in
+        // flight), then sequence everything acknowledged, so the frozen book is exactly the
+        // acknowledged orders.
+        node.cluster.close_gate(s).await?;
+        super::cluster::sequence_all(shared, node).await?;
+    } else {
+        // Orders validated before the gate closed may still be on their way to the ledger:
+        // wait for them so the frozen book is exactly the acknowledged orders.
+        let (tx, rx) = oneshot::channel();
+        shared
+            .commit_tx
+            .send(CommitItem::Barrier(tx))
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?;
+        rx.await.map_err(|_| ServiceError::ShuttingDown)?;
+    }
     let already = shared.lock().cleared.contains(&s) || shared.ledger.has_interval(s).await?;
     if already {
         shared.lock().freeze(s);
@@ -244,7 +268,6 @@ pub(crate) async fn clear_interval(
             clearing_ms: Some(clear_ms.round() as u32),
         },
     );
-    let cleared = Arc::new(cleared);
     shared
         .awaiting_delivery
         .lock()
@@ -255,6 +278,29 @@ pub(crate) async fn clear_interval(
         st.cleared.insert(s);
         st.gated.remove(&s);
         st.metering.cleared(s);
+    }
+    let cleared = publish(shared, s, cleared);
+    super::metrics::METRICS.interval(
+        Duration::from_secs_f64(clear_ms / 1000.0),
+        gate_at.elapsed(),
+    );
+    tracing::info!(
+        interval = s,
+        orders = order_count,
+        clear_ms = format!("{clear_ms:.1}"),
+        total_ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1000.0),
+        ledger_last_seq = receipt.last_seq,
+        "interval cleared"
+    );
+    Ok(Some(cleared))
+}
+
+/// Publishes a recorded interval: its fills onto the orders, its result to `GetIntervalResult`
+/// and to every watcher.
+pub(crate) fn publish(shared: &Shared, s: i64, cleared: ClearedInterval) -> Arc<ClearedInterval> {
+    let cleared = Arc::new(cleared);
+    {
+        let mut st = shared.lock();
         for fills in cleared.fills.values() {
             for f in fills {
                 if let Some(o) = st.orders.get_mut(&f.order_id) {
@@ -272,15 +318,7 @@ pub(crate) async fn clear_interval(
         }
     }
     let _ = shared.results_tx.send(cleared.clone());
-    tracing::info!(
-        interval = s,
-        orders = order_count,
-        clear_ms = format!("{clear_ms:.1}"),
-        total_ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1000.0),
-        ledger_last_seq = receipt.last_seq,
-        "interval cleared"
-    );
-    Ok(Some(cleared))
+    cleared
 }
 
 /// Validates, clears and settles one interval's market; the ledger entries and the published
@@ -295,6 +333,24 @@ fn build(
     let entries =
         baton_audit::record::interval_entries(s, None, false, &market, &clearing, &settlement)
             .map_err(|e| e.to_string())?;
+    let published = publication(s, &spec, &market, &clearing, &settlement);
+    Ok((
+        entries,
+        published,
+        super::metering::Cleared { market, clearing },
+    ))
+}
+
+/// What is published of a cleared interval: its public result and each participant's fills.
+/// `spec` is the market as cleared (network and book); the ledger seqs are filled in by the
+/// caller once recorded.
+pub(crate) fn publication(
+    s: i64,
+    spec: &MarketSpec,
+    market: &Market,
+    clearing: &baton_engine::Clearing,
+    settlement: &baton_engine::Settlement,
+) -> ClearedInterval {
     let node_ids = market.node_ids();
     let (mut bought, mut sold) = (Decimal::ZERO, Decimal::ZERO);
     for f in &clearing.orders {
@@ -413,9 +469,5 @@ fn build(
             flex_price: price,
         });
     }
-    Ok((
-        entries,
-        ClearedInterval { result, fills },
-        super::metering::Cleared { market, clearing },
-    ))
+    ClearedInterval { result, fills }
 }

@@ -621,6 +621,7 @@ impl MarketState {
         now_ms: i64,
         wall_now_s: i64,
         window_s: i64,
+        shared_intake: bool,
     ) -> Result<ValidCancel, ServiceError> {
         if signed.request.len() > REQUEST_BYTES_MAX {
             return Err(invalid(
@@ -643,21 +644,26 @@ impl MarketState {
         check_timestamp(req.timestamp, wall_now_s, window_s)?;
         self.check_nonce(pid, req.nonce)?;
         wire::OrderId::parse(&req.order_id).map_err(|e| invalid("order_id", e.to_string()))?;
-        let order = self
-            .orders
-            .get(&req.order_id)
-            .ok_or_else(|| ServiceError::NotFound(format!("order {:?}", req.order_id)))?;
-        if order.participant != pid {
-            return Err(ServiceError::NotYourOrder(req.order_id.clone()));
-        }
-        if order.status != OrderStatus::Open {
-            return Err(ServiceError::NotOpen(req.order_id.clone()));
-        }
-        self.check_open(timing, order.interval_start, now_ms)?;
+        let interval_start = match self.orders.get(&req.order_id) {
+            Some(order) => {
+                if order.participant != pid {
+                    return Err(ServiceError::NotYourOrder(req.order_id.clone()));
+                }
+                if order.status != OrderStatus::Open {
+                    return Err(ServiceError::NotOpen(req.order_id.clone()));
+                }
+                self.check_open(timing, order.interval_start, now_ms)?;
+                order.interval_start
+            }
+            // Several nodes: an order acknowledged by another node may not be sequenced yet;
+            // the shared intake checks the cancel against it (and takes its interval from it).
+            None if shared_intake => 0,
+            None => return Err(ServiceError::NotFound(format!("order {:?}", req.order_id))),
+        };
         Ok(ValidCancel {
             order_id: req.order_id.clone(),
             participant: pid.to_string(),
-            interval_start: order.interval_start,
+            interval_start,
             nonce: req.nonce,
             signed: SignedMessageBody {
                 order_id: Some(req.order_id.clone()),

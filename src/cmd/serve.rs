@@ -63,6 +63,25 @@ pub(crate) struct ServeArgs {
     /// listen on port 0).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Run as this node of several on one postgres:// ledger: any node takes orders, one
+    /// leader (elected by a lease in the database) clears.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// With --node-id: the gRPC address other nodes name for this one (default: the
+    /// listening address).
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// With --node-id: the leader's lease, milliseconds (default 3000): a dead leader is
+    /// replaced within about this long.
+    #[arg(long)]
+    lease_ms: Option<i64>,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP) on this address.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// With --time-scale: the Unix time (ms) at which market time equals wall time, so that
+    /// several nodes started at different moments share one accelerated clock.
+    #[arg(long)]
+    time_anchor_ms: Option<i64>,
     /// Test only: make one of the server's tasks panic once it runs, to check that the market
     /// halts and the process exits non-zero.
     #[arg(long, hide = true, value_enum)]
@@ -97,6 +116,11 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ready_file: Option<PathBuf>,
+    node_id: Option<String>,
+    advertise_addr: Option<String>,
+    lease_ms: Option<i64>,
+    metrics_addr: Option<String>,
+    time_anchor_ms: Option<i64>,
 }
 
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
@@ -153,10 +177,23 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
     if let Some(n) = a.intervals_ahead.or(f.intervals_ahead) {
         config.intervals_ahead = n;
     }
-    let clock: Arc<dyn Clock> = match a.time_scale.or(f.time_scale) {
-        Some(s) if s != 1.0 => Arc::new(ScaledClock::from_now(s)),
+    let clock: Arc<dyn Clock> = match (
+        a.time_scale.or(f.time_scale),
+        a.time_anchor_ms.or(f.time_anchor_ms),
+    ) {
+        (Some(s), Some(anchor)) if s != 1.0 => Arc::new(ScaledClock::anchored(anchor, s)),
+        (Some(s), None) if s != 1.0 => Arc::new(ScaledClock::from_now(s)),
         _ => Arc::new(WallClock),
     };
+    if let Some(id) = a.node_id.or(f.node_id) {
+        let mut node = server::NodeConfig::new(id);
+        node.advertise_addr = a.advertise_addr.or(f.advertise_addr);
+        if let Some(ms) = a.lease_ms.or(f.lease_ms) {
+            node.lease_ms = ms;
+        }
+        config.node = Some(node);
+    }
+    let metrics_addr = a.metrics_addr.or(f.metrics_addr);
     config.clock = clock;
     config.price_floor = a.price_floor.or(f.price_floor);
     config.price_cap = a.price_cap.or(f.price_cap);
@@ -191,6 +228,13 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         eprintln!("baton: listening on {addr}");
+        if let Some(m) = &metrics_addr {
+            let l = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("metrics: listening on {m}"))?;
+            eprintln!("baton: metrics on http://{}/metrics", l.local_addr()?);
+            config.metrics_listener = Some(l);
+        }
         if let Some(p) = &ready_file {
             write_ready_file(p, addr).with_context(|| format!("writing {}", p.display()))?;
         }

@@ -108,6 +108,10 @@ pub(crate) struct Batch<'a> {
     pub(crate) postings: &'a [PostingRow],
     pub(crate) checkpoint: &'a Checkpoint,
     pub(crate) frontier: &'a [u8],
+    /// What the writer must prove inside the transaction (cluster mode).
+    pub(crate) fence: &'a crate::cluster::Fence,
+    /// Intake rows the first entries sequence, in order (cluster mode).
+    pub(crate) intake_ids: &'a [i64],
     pub(crate) created_at: i64,
 }
 

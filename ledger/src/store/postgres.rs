@@ -14,6 +14,7 @@ use super::{
 };
 use crate::body::Amount;
 use crate::checkpoint::Checkpoint;
+use crate::cluster::Fence;
 use crate::entry::EntryKind;
 use crate::error::{LedgerError, Result};
 
@@ -43,6 +44,23 @@ pub(crate) async fn write_batch(pool: &PgPool, b: &Batch<'_>) -> Result<()> {
         .fetch_one(&mut *tx)
         .await
         .map_err(werr)?;
+    // Cluster mode: the lease row, shared-locked until commit, must still name this writer at
+    // its epoch. A takeover's UPDATE of the row waits for this transaction, and every append
+    // after the takeover sees the new epoch here and is refused.
+    if let Fence::Leader { node, epoch } = b.fence {
+        let r = sqlx::query("SELECT holder, epoch FROM cluster_lease WHERE id = 1 FOR SHARE")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(werr)?;
+        let holder: Option<String> = r.try_get(0).map_err(werr)?;
+        let now: i64 = r.try_get(1).map_err(werr)?;
+        if holder.as_deref() != Some(node.as_str()) || now as u64 != *epoch {
+            return Err(LedgerError::Fenced(format!(
+                "node {node:?} was elected at epoch {epoch}, but the lease is now epoch {now} held by {}",
+                holder.map_or("nobody".to_string(), |h| format!("{h:?}"))
+            )));
+        }
+    }
     let head = head(&mut tx).await.map_err(|e| match e {
         LedgerError::Database(e) => werr(e),
         other => other,
@@ -83,6 +101,40 @@ pub(crate) async fn write_batch(pool: &PgPool, b: &Batch<'_>) -> Result<()> {
                 .push_bind(p.interval_start);
         });
         q.build().execute(&mut *tx).await.map_err(werr)?;
+    }
+    if !b.intake_ids.is_empty() {
+        let seqs: Vec<i64> = b.entries[..b.intake_ids.len()]
+            .iter()
+            .map(|e| e.seq as i64)
+            .collect();
+        let marked = sqlx::query(
+            "UPDATE intake SET seq = v.s FROM unnest($1::bigint[], $2::bigint[]) AS v(id, s) \
+             WHERE intake.id = v.id AND intake.seq IS NULL",
+        )
+        .bind(b.intake_ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await
+        .map_err(werr)?
+        .rows_affected();
+        if marked != b.intake_ids.len() as u64 {
+            return Err(LedgerError::Conflict {
+                expected_head: b.expected_size,
+                reason: format!(
+                    "{} of {} intake rows were already sequenced",
+                    b.intake_ids.len() as u64 - marked,
+                    b.intake_ids.len()
+                ),
+            });
+        }
+    }
+    if *b.fence != Fence::None {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::cluster::LEDGER_CHANNEL)
+            .bind(b.checkpoint.size.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(werr)?;
     }
     let c = b.checkpoint;
     sqlx::query(

@@ -49,6 +49,9 @@ pub(crate) async fn connect(url: &str, mode: OpenMode) -> Result<SqlitePool> {
 
 pub(crate) async fn write_batch(pool: &SqlitePool, b: &Batch<'_>) -> Result<()> {
     let werr = |e| write_error(e, b.expected_size);
+    if *b.fence != crate::cluster::Fence::None || !b.intake_ids.is_empty() {
+        return Err(LedgerError::ClusterNeedsPostgres);
+    }
     // BEGIN IMMEDIATE takes the write lock now, so the head we read below cannot change
     // before we commit.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(werr)?;
