@@ -11,6 +11,7 @@ mod book_binding;
 mod browser;
 mod cli;
 mod client;
+mod cluster;
 mod demo;
 mod feeder;
 mod harness;

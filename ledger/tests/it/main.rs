@@ -4,6 +4,7 @@
 mod common;
 
 mod append;
+mod cluster;
 mod concurrency;
 mod crash;
 mod proofs;
