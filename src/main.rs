@@ -28,7 +28,7 @@ enum Command {
     /// The regulator's tools: verify, re-clear, export and prove.
     Audit(cmd::audit::AuditArgs),
     /// Run the live market: gRPC order intake, interval scheduler, settlement to the ledger.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// The operator's commands against a running server (participants, network, market).
     Admin(cmd::admin::AdminArgs),
     /// Simulated prosumers (PV, batteries, EVs) trading on a live market.
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Command::Clear(args) => cmd::clear::run(args),
         Command::Keys(args) => cmd::keys::run(args),
         Command::Audit(args) => cmd::audit::run(args),
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Admin(args) => cmd::admin::run(args),
         Command::Agents(args) => cmd::agents::run(args),
         Command::Demo(args) => cmd::demo::run(args),

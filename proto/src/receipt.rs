@@ -87,7 +87,9 @@ pub struct ReceiptLeaf {
     /// SHA-256 of the exact signed order bytes (`SignedOrder.order`).
     #[serde(with = "hex_array")]
     pub order_hash: Hash,
-    /// The ledger entry holding the order.
+    /// The ledger entry holding the order; 0 in a receipt from a node of several, which
+    /// acknowledges an order once it is durable in the shared intake, before the leader
+    /// sequences it (then [`Locate`] finds its entry).
     pub ledger_seq: u64,
     /// The order's interval, unix seconds.
     pub interval_start: i64,
@@ -506,6 +508,14 @@ pub enum Contradiction {
         /// The entry's interval.
         found: Option<i64>,
     },
+    /// An intake receipt's order is in no `order` entry before its interval's gate.
+    #[error("the gate of interval {interval_start} closed at seq {gate_seq} and no order entry before it holds the receipt's order")]
+    NotSequenced {
+        /// The receipt's interval.
+        interval_start: i64,
+        /// Its `gate_closed` entry.
+        gate_seq: u64,
+    },
     /// The entry's body is not a signed order.
     #[error("the entry at seq {seq} is not a readable signed order: {reason}")]
     Unreadable {
@@ -571,6 +581,53 @@ pub fn judge_order_entry(
         order_id: crate::wire::order_id(&order.participant_id, order.nonce),
         participant_id: order.participant_id,
     })
+}
+
+/// Finds the entry of an intake receipt's order (`ledger_seq` 0): feed it the ledger's entries
+/// in seq order from the first. The order must be sequenced before its interval's gate: an
+/// `order` entry for the interval whose signed bytes hash to the receipt's order hash.
+#[derive(Clone, Debug)]
+pub struct Locate {
+    order_hash: Hash,
+    interval_start: i64,
+}
+
+impl Locate {
+    /// For `receipt`'s order.
+    pub fn new(receipt: &Receipt) -> Self {
+        Locate {
+            order_hash: receipt.leaf.order_hash,
+            interval_start: receipt.leaf.interval_start,
+        }
+    }
+
+    /// `Some(Ok(seq))` at the order's entry, `Some(Err(_))` at the interval's gate without it,
+    /// `None` to keep feeding.
+    pub fn feed(&self, e: EntryView<'_>) -> Option<Result<u64, Contradiction>> {
+        if e.interval_start != Some(self.interval_start) {
+            return None;
+        }
+        match e.kind {
+            "order" => {
+                let body: SignedBody = serde_json::from_slice(e.body).ok()?;
+                let payload = hex::decode(&body.payload).ok()?;
+                (order_hash(&payload) == self.order_hash).then_some(Ok(e.seq))
+            }
+            "gate_closed" => Some(Err(Contradiction::NotSequenced {
+                interval_start: self.interval_start,
+                gate_seq: e.seq,
+            })),
+            _ => None,
+        }
+    }
+
+    /// The receipt as if issued at `seq` (what [`judge_order_entry`] checks against the entry
+    /// found there).
+    pub fn at(receipt: &Receipt, seq: u64) -> Receipt {
+        let mut r = receipt.clone();
+        r.leaf.ledger_seq = seq;
+        r
+    }
 }
 
 /// Follows the ledger after a receipt's order entry: feed it every later entry in seq order
@@ -914,6 +971,59 @@ mod tests {
                 assert_eq!(r.clone().into_proto(), r.to_proto());
                 let json = serde_json::to_string(r).unwrap();
                 assert_eq!(&serde_json::from_str::<Receipt>(&json).unwrap(), r);
+            }
+        }
+    }
+
+    #[test]
+    fn an_intake_receipt_locates_its_order_before_the_gate_or_names_the_gate() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut r = issued(&key, 1)[0].clone();
+        let t = r.leaf.interval_start;
+        let ours = b"order 0".to_vec();
+        r.leaf.ledger_seq = 0;
+        r.leaf.order_hash = order_hash(&ours);
+        let body = |payload: &[u8]| format!("{{\"payload\":\"{}\"}}", hex::encode(payload));
+        let (other, mine) = (body(b"order 1"), body(&ours));
+        let e = |seq, kind: &'static str, interval, body: &str| Owned {
+            seq,
+            kind,
+            interval_start: Some(interval),
+            body: body.as_bytes().to_vec(),
+        };
+        let find = Locate::new(&r);
+        // Another order, our order for another interval, then ours.
+        assert_eq!(find.feed(e(1, "order", t, &other).view()), None);
+        assert_eq!(find.feed(e(2, "order", t + 300, &mine).view()), None);
+        assert_eq!(find.feed(e(3, "order", t, &mine).view()), Some(Ok(3)));
+        assert_eq!(Locate::at(&r, 3).leaf.ledger_seq, 3);
+        // The gate first: the order was left out.
+        assert_eq!(
+            find.feed(e(4, "gate_closed", t, "{}").view()),
+            Some(Err(Contradiction::NotSequenced {
+                interval_start: t,
+                gate_seq: 4
+            }))
+        );
+        // Another interval's gate says nothing.
+        assert_eq!(find.feed(e(5, "gate_closed", t + 300, "{}").view()), None);
+    }
+
+    /// An owned entry, for building views in tests.
+    struct Owned {
+        seq: u64,
+        kind: &'static str,
+        interval_start: Option<i64>,
+        body: Vec<u8>,
+    }
+
+    impl Owned {
+        fn view(&self) -> EntryView<'_> {
+            EntryView {
+                seq: self.seq,
+                kind: self.kind,
+                interval_start: self.interval_start,
+                body: &self.body,
             }
         }
     }

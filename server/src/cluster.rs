@@ -36,6 +36,8 @@ use baton_ledger::cluster::{
 use baton_ledger::{EntryKind, NewEntry, ENTRIES_PER_READ_MAX};
 use tokio::sync::{mpsc, watch};
 
+use baton_proto::receipt::ReceiptLeaf;
+
 use super::commit::{Accepted, CommitItem};
 use super::error::ServiceError;
 use super::{recover, scheduler, ClearNowReply, Shared, GROUP_COMMIT_ENTRIES_MAX};
@@ -149,14 +151,38 @@ pub(crate) async fn intake(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitIte
             super::metrics::METRICS.intake_commit(t0.elapsed(), items.len());
             r
         };
-        let mut results = match &outcome {
+        let results = match &outcome {
             Ok(v) => v.clone().into_iter().map(Some).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(error = %e, "intake failed; the batch was refused");
                 Vec::new()
             }
+        };
+        // Receipts for the batch's acknowledged orders (one signature): `ledger_seq` 0, as
+        // the chain seq is the leader's to assign; the receipt's order hash and interval find
+        // the entry once sequenced (`baton_proto::receipt::Locate`).
+        let accepted_at_ms = super::clock::wall_now_ms();
+        let leaves: Vec<ReceiptLeaf> = batch
+            .iter()
+            .filter(|i| !matches!(i, CommitItem::Barrier(_) | CommitItem::Stop))
+            .zip(&results)
+            .filter_map(|(item, r)| match (item, r) {
+                (CommitItem::Order(v, _), Some(Ok(_))) => Some(ReceiptLeaf {
+                    order_hash: v.order_hash,
+                    ledger_seq: 0,
+                    interval_start: v.record.interval_start,
+                    accepted_at_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut receipts = if leaves.is_empty() {
+            Vec::new()
+        } else {
+            super::commit::sign_receipts(&shared, &leaves)
         }
         .into_iter();
+        let mut results = results.into_iter();
         let mut stop = false;
         for item in batch {
             let reply_of =
@@ -177,7 +203,11 @@ pub(crate) async fn intake(shared: Arc<Shared>, mut rx: mpsc::Receiver<CommitIte
                 };
             match item {
                 CommitItem::Order(_, reply) => {
-                    let _ = reply.send(reply_of(results.next().flatten()));
+                    let mut r = reply_of(results.next().flatten());
+                    if let Ok(a) = &mut r {
+                        a.receipt = receipts.next();
+                    }
+                    let _ = reply.send(r);
                 }
                 CommitItem::Cancel(_, reply) => {
                     let _ = reply.send(reply_of(results.next().flatten()));

@@ -190,7 +190,7 @@ async fn sign_and_reply(shared: Arc<Shared>, mut rx: mpsc::Receiver<ToSign>) {
 
 /// A committed batch's receipts, in batch order: one signature. Empty (logged) if signing
 /// fails, which only an invalid origin could cause, and `run` refuses those at start.
-fn sign_receipts(shared: &Shared, leaves: &[ReceiptLeaf]) -> Vec<pb::Receipt> {
+pub(crate) fn sign_receipts(shared: &Shared, leaves: &[ReceiptLeaf]) -> Vec<pb::Receipt> {
     let key = &shared.receipt_key;
     match receipt::issue(
         leaves,

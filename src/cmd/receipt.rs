@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use baton_ledger::audit::InclusionProof;
 use baton_ledger::{Checkpoint, Entry, Ledger, ENTRIES_PER_READ_MAX};
-use baton_proto::receipt::{self, EntryView, Receipt, Scan, Verdict};
+use baton_proto::receipt::{self, Contradiction, EntryView, Locate, Receipt, Scan, Verdict};
 use serde::{Deserialize, Serialize};
 
 use super::audit::load_public_key;
@@ -73,15 +73,24 @@ pub(crate) fn run(a: CheckReceiptArgs) -> Result<()> {
         .with_context(|| format!("{} is not a receipt", a.receipt.display()))?;
     r.verify(key.as_dalek())
         .context("the receipt does not verify with the operator key")?;
-    let seq = r.leaf.ledger_seq;
     let rt = runtime()?;
-    let (verdict, evidence) = rt.block_on(async {
+    let ((verdict, seq), evidence) = rt.block_on(async {
         let ledger = Ledger::open_existing(&a.db)
             .await
             .with_context(|| format!("opening ledger {}", a.db))?;
         let out = judge(&ledger, &r).await;
         let evidence = match &out {
-            Ok(v) if v.is_breach() => Some(evidence(&ledger, &r, v).await?),
+            // An intake receipt left out of its book is proven by the ledger itself (the
+            // audit binds each book to its gate), not by a file of a few proven entries.
+            Ok((
+                Verdict::Contradicted {
+                    contradiction: Contradiction::NotSequenced { .. },
+                },
+                _,
+            )) => None,
+            Ok((v, seq)) if v.is_breach() => {
+                Some(evidence(&ledger, &Locate::at(&r, *seq), v).await?)
+            }
             _ => None,
         };
         ledger.close().await;
@@ -112,6 +121,11 @@ pub(crate) fn run(a: CheckReceiptArgs) -> Result<()> {
             );
             Ok(())
         }
+        Verdict::Contradicted {
+            contradiction: c @ Contradiction::NotSequenced { .. },
+        } => bail!(
+            "NOT SEQUENCED: the intake receipt is valid but {c}; `baton audit verify` on this ledger shows the book the gate bound"
+        ),
         v @ (Verdict::Omitted { .. } | Verdict::Contradicted { .. }) => {
             let evidence = evidence.expect("written for every breach");
             let written = match &a.evidence {
@@ -136,12 +150,28 @@ pub(crate) fn run(a: CheckReceiptArgs) -> Result<()> {
 
 /// What the ledger says about the receipt's order: its entry at the seq, then the later
 /// entries up to the interval's result and settlement.
-async fn judge(ledger: &Ledger, r: &Receipt) -> Result<Verdict> {
+/// What the ledger says about the receipt's order, and the seq of its entry (an intake
+/// receipt's is looked up; 0 while it is not found).
+async fn judge(ledger: &Ledger, r: &Receipt) -> Result<(Verdict, u64)> {
+    let located;
+    let r = if r.leaf.ledger_seq == 0 {
+        // An intake receipt (a node of several): find where the leader sequenced the order.
+        match locate(ledger, r).await? {
+            Some(Ok(seq)) => {
+                located = Locate::at(r, seq);
+                &located
+            }
+            Some(Err(contradiction)) => return Ok((Verdict::Contradicted { contradiction }, 0)),
+            None => return Ok((Verdict::Pending, 0)),
+        }
+    } else {
+        r
+    };
     let seq = r.leaf.ledger_seq;
     let entry = ledger.entry(seq).await?;
     let order = match receipt::judge_order_entry(r, entry.as_ref().map(view)) {
         Ok(o) => o,
-        Err(contradiction) => return Ok(Verdict::Contradicted { contradiction }),
+        Err(contradiction) => return Ok((Verdict::Contradicted { contradiction }, seq)),
     };
     let head = ledger.head().await?.map_or(0, |h| h.seq);
     let mut scan = Scan::new(order, r.leaf.interval_start);
@@ -159,7 +189,25 @@ async fn judge(ledger: &Ledger, r: &Receipt) -> Result<Verdict> {
         }
         from = last + 1;
     }
-    Ok(scan.verdict()?)
+    Ok((scan.verdict()?, seq))
+}
+
+/// An intake receipt's order entry, or its interval's gate without it (`None`: neither yet).
+async fn locate(ledger: &Ledger, r: &Receipt) -> Result<Option<Result<u64, Contradiction>>> {
+    let find = Locate::new(r);
+    let mut from = 1;
+    loop {
+        let page = ledger
+            .entries(from, from.saturating_add(ENTRIES_PER_READ_MAX - 1))
+            .await?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            return Ok(None);
+        };
+        if let Some(found) = page.iter().find_map(|e| find.feed(view(e))) {
+            return Ok(Some(found));
+        }
+        from = last + 1;
+    }
 }
 
 async fn evidence(ledger: &Ledger, r: &Receipt, v: &Verdict) -> Result<Evidence> {

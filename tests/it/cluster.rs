@@ -159,6 +159,7 @@ struct Ack {
     order_id: String,
     interval_start: i64,
     node: String,
+    receipt: baton_proto::receipt::Receipt,
 }
 
 /// A trader at one node: alice sells at A, bob buys at B.
@@ -221,10 +222,16 @@ async fn submit_round(
                     let a = a.into_inner();
                     assert!(a.intake_id > 0, "{a:?}");
                     assert_eq!(a.ledger_seq, 0, "a node's ack precedes sequencing");
+                    let receipt = baton_proto::receipt::Receipt::from_proto(
+                        a.receipt.as_ref().expect("an intake receipt"),
+                    )
+                    .unwrap();
+                    assert_eq!(receipt.leaf.ledger_seq, 0);
                     acks.push(Ack {
                         order_id: a.order_id,
                         interval_start: a.interval_start,
                         node: id.clone(),
+                        receipt,
                     });
                 }
                 Err(e) if e.code() == Code::FailedPrecondition => {}
@@ -451,9 +458,49 @@ async fn three_nodes_fail_over_and_clear_every_acknowledged_order_once() {
     assert!(m.contains("\nbaton_leader 1\n"), "{m}");
     assert!(m.contains(&format!("\nbaton_leader_epoch {e3}\n")), "{m}");
     assert!(m.contains("baton_intake_accepted_total"), "{m}");
+    // Intake receipts (seq 0) prove inclusion once sequenced: the SDK against a follower's
+    // audit service, for the first order each node acknowledged.
+    let operator_key = *admin.operator.public_key().as_dalek();
+    let audit = baton_client::AuditClient::new(support::connect(&watcher_node.proc.addr).await);
+    for id in ["n1", "n2", "n3"] {
+        let a = acks
+            .iter()
+            .find(|a| a.node == id)
+            .expect("an ack from every node");
+        let proof = audit
+            .prove_receipt(&a.receipt, &operator_key)
+            .await
+            .unwrap();
+        match &proof.verdict {
+            baton_client::Verdict::Included(i) => assert_eq!(i.order_id, a.order_id),
+            other => panic!("{a:?}: {other:?}"),
+        }
+        assert!(
+            proof.inclusion.is_some(),
+            "an inclusion proof for {}",
+            a.order_id
+        );
+    }
     for n in &mut nodes {
         n.proc.terminate();
     }
+    // And `baton audit check-receipt` on the ledger itself.
+    let file = dir.path().join("receipt.json");
+    baton_client::write_receipt(&file, &acks[acks.len() / 2].receipt).unwrap();
+    let out = Command::new(crate::BATON)
+        .args(["audit", "check-receipt", "--receipt"])
+        .arg(&file)
+        .args(["--db", &db.url, "--operator-pubkey"])
+        .arg(admin.operator.public_key().to_hex())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is included in interval"), "{stdout}");
     // The watcher on the follower saw each interval recorded after it subscribed, in order,
     // with the seqs the chain holds.
     let seen = seen.lock().unwrap().clone();

@@ -79,6 +79,8 @@ fn invalid(field: &str, reason: impl ToString) -> ClientError {
 
 impl AuditClient {
     /// Proves a receipt against the server's ledger: verifies the receipt with `operator`,
+    /// finds an intake receipt's entry (`ledger_seq` 0, from a node of several: the first
+    /// `order` entry of its interval with its order hash, before the interval's gate),
     /// reads the entry at its seq and checks it is the receipt's order (`GetEntries`), checks
     /// that entry's inclusion proof against the operator-signed checkpoint
     /// (`GetInclusionProof`), then reads on to the interval's `interval_result` and
@@ -93,8 +95,50 @@ impl AuditClient {
         operator: &VerifyingKey,
     ) -> Result<ReceiptProof, ClientError> {
         r.verify(operator)?;
-        let seq = r.leaf.ledger_seq;
         let head = self.head().await?.seq;
+        let located;
+        let r = if r.leaf.ledger_seq == 0 {
+            // An intake receipt from a node of several: find where the leader sequenced it.
+            let find = receipt::Locate::new(r);
+            let mut from = 1;
+            let mut found = None;
+            'scan: while from <= head {
+                let page = self.entries(from, head).await?;
+                let Some(last) = page.last().map(|e| e.seq) else {
+                    break;
+                };
+                for e in &page {
+                    if let Some(f) = find.feed(view(e)) {
+                        found = Some(f);
+                        break 'scan;
+                    }
+                }
+                from = last + 1;
+            }
+            match found {
+                Some(Ok(seq)) => {
+                    located = receipt::Locate::at(r, seq);
+                    &located
+                }
+                Some(Err(contradiction)) => {
+                    return Ok(ReceiptProof {
+                        verdict: Verdict::Contradicted { contradiction },
+                        entry: None,
+                        inclusion: None,
+                    })
+                }
+                None => {
+                    return Ok(ReceiptProof {
+                        verdict: Verdict::Pending,
+                        entry: None,
+                        inclusion: None,
+                    })
+                }
+            }
+        } else {
+            r
+        };
+        let seq = r.leaf.ledger_seq;
         let entry = if seq >= 1 && seq <= head {
             self.entries(seq, seq).await?.into_iter().next()
         } else {
