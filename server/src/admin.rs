@@ -320,7 +320,13 @@ fn check_participant_nodes(shared: &Shared, spec: &MarketSpec) -> Result<(), Ser
     }
 }
 
+/// A native TOML scenario, or a study JSON market (`baton import-matpower` writes one) when the
+/// text is a JSON object.
 fn parse_scenario(text: &str) -> Result<MarketSpec, ServiceError> {
+    if text.trim_start().starts_with('{') {
+        return baton_engine::study::parse_market(text.as_bytes())
+            .map_err(|e| invalid("json", e.to_string()));
+    }
     baton_engine::scenario::parse(text)
         .map(|s| s.market)
         .map_err(|e| invalid("toml", e.to_string()))

@@ -139,9 +139,11 @@ pub const GATE_LEAD_S_DEFAULT: i64 = 60;
 /// Default: open orders per participant.
 pub const OPEN_ORDERS_PER_PARTICIPANT_DEFAULT: usize = 256;
 /// Default: orders one interval's book may hold in the live market. Each cleared interval is
-/// recorded in the ledger, whose entries are bounded (`baton_ledger::entry::BODY_BYTES_MAX`):
-/// the result of 100,000 orders is 28.8 MB, so 250,000 stays a factor of three below.
-pub const ORDERS_PER_INTERVAL_LIVE_DEFAULT: usize = 250_000;
+/// recorded in the ledger, whose entries are bounded (`baton_ledger::entry::BODY_BYTES_MAX`,
+/// 256 MiB): the compact result is about 160 bytes per order and the settlement less, so a
+/// book of 1,000,000 orders records each entry well under the bound (`benches/cluster.rs`
+/// prints the bytes per order).
+pub const ORDERS_PER_INTERVAL_LIVE_DEFAULT: usize = 1_000_000;
 /// Default: how far a signed request's timestamp may be from the server's wall clock, seconds.
 pub const REQUEST_TIMESTAMP_WINDOW_S_DEFAULT: i64 = 300;
 
