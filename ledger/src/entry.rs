@@ -12,10 +12,9 @@ pub type Hash = [u8; 32];
 /// The `prev_hash` of the first entry (seq 1): 32 zero bytes.
 pub const GENESIS_PREV_HASH: Hash = [0u8; 32];
 
-/// Largest body the ledger accepts, in bytes. An interval's result (every fill, posting and
-/// attribution, pretty JSON) is the biggest body: measured 28.8 MB for 100,000 orders on the
-/// IEEE 33-bus feeder, so the live market's default of 250,000 orders per interval needs about
-/// 72 MB. 256 MiB leaves a factor of three and stays well under both backends' hard limits
+/// Largest body the ledger accepts, in bytes. An interval's result is the biggest body: in its
+/// compact form about 160 bytes per order, so the live market's default of 1,000,000 orders
+/// per interval needs about 160 MB. 256 MiB stays well under both backends' hard limits
 /// (SQLite's 1,000,000,000-byte `SQLITE_MAX_LENGTH`, PostgreSQL's 1 GB `bytea`).
 pub const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
