@@ -24,6 +24,15 @@ use crate::error::{LedgerError, Result};
 /// failure (both leave nothing written).
 const INTAKE_ATTEMPTS_MAX: u32 = 3;
 
+/// Longest a cluster-mode transaction (an append, an intake batch) may sit idle between its
+/// statements, milliseconds (`idle_in_transaction_session_timeout`). A node frozen mid-
+/// transaction (SIGSTOP, a stalled VM) would otherwise hold the lease row or an interval's row
+/// until it resumed, and no takeover or gate could proceed; the server ends such a session and
+/// its transaction writes nothing.
+pub const TRANSACTION_IDLE_MS_MAX: u64 = 1_000;
+/// Longest a lease takeover waits for the lease row, milliseconds; then it tries again later.
+const ACQUIRE_LOCK_WAIT_MS: u64 = 500;
+
 /// The PostgreSQL notification channel an append announces its new size on (cluster mode).
 pub const LEDGER_CHANNEL: &str = "baton_ledger";
 /// The notification channel intake announces new rows on, for the leader's sequencer.
@@ -177,6 +186,18 @@ pub struct Cluster {
     pool: PgPool,
 }
 
+/// Bounds how long this transaction may idle ([`TRANSACTION_IDLE_MS_MAX`]).
+pub(crate) async fn set_idle_limit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {TRANSACTION_IDLE_MS_MAX}"
+    )))
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
 fn db(e: sqlx::Error) -> LedgerError {
     LedgerError::Database(e)
 }
@@ -203,6 +224,13 @@ impl Cluster {
     /// Takes the lease for `node` if nobody holds it or it has expired, for `lease_ms`;
     /// the new epoch, or `None` if another node holds a live lease.
     pub async fn try_acquire(&self, node: &str, addr: &str, lease_ms: i64) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = {ACQUIRE_LOCK_WAIT_MS}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let row = sqlx::query(
             "UPDATE cluster_lease SET holder = $1, addr = $2, epoch = epoch + 1, \
              expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
@@ -211,9 +239,16 @@ impl Cluster {
         .bind(node)
         .bind(addr)
         .bind(lease_ms as f64)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match row {
+            // 55P03 lock_not_available: a writer holds the row; try again on the next poll.
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("55P03") => {
+                return Ok(None)
+            }
+            r => r.map_err(db)?,
+        };
+        tx.commit().await.map_err(db)?;
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
@@ -352,6 +387,7 @@ impl Cluster {
         limits: &IntakeLimits,
     ) -> std::result::Result<Vec<std::result::Result<Intaken, IntakeRefusal>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        set_idle_limit(&mut tx).await?;
         // The orders cancels name, to learn their intervals (read again under the lock below).
         let cancel_targets: Vec<String> = items
             .iter()

@@ -38,6 +38,12 @@ pub(crate) async fn connect(url: &str, mode: OpenMode) -> Result<PgPool> {
 pub(crate) async fn write_batch(pool: &PgPool, b: &Batch<'_>) -> Result<()> {
     let werr = |e| write_error(e, b.expected_size);
     let mut tx = pool.begin().await.map_err(werr)?;
+    if *b.fence != Fence::None {
+        // A leader frozen mid-append must not hold the head and lease rows past its lease.
+        crate::cluster::set_idle_limit(&mut tx)
+            .await
+            .map_err(werr)?;
+    }
     // Serialise writers: a second writer blocks here until the first commits, then (READ
     // COMMITTED takes a fresh snapshot per statement) sees the new head and loses the check.
     sqlx::query("SELECT id FROM ledger_head WHERE id = 1 FOR UPDATE")
